@@ -1,0 +1,1 @@
+//! containerd filter syntax (placeholder, being written).

@@ -1,0 +1,2 @@
+//! Snapshot metadata for hologram-snapshotter.
+pub mod filter;
