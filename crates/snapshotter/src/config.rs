@@ -1,0 +1,123 @@
+//! The daemon's configuration: `/etc/hologram-snapshotter/config.toml` (or
+//! `--config FILE`), overridden by command-line flags.
+//!
+//! Unknown keys are an error, not a warning: a misspelt setting (say, a
+//! future `enforce`) must never be silently ignored.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+/// Where the daemon looks when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/hologram-snapshotter/config.toml";
+/// containerd 1.6 reports image-filesystem use for
+/// `<containerd root>/io.containerd.snapshotter.v1.<name>`; living there keeps
+/// kubelet's image GC working without `exports.root` (containerd ≥ 1.6.32).
+pub const DEFAULT_ROOT: &str = "/var/lib/containerd/io.containerd.snapshotter.v1.hologram";
+/// The socket containerd's `proxy_plugins.hologram.address` points at.
+pub const DEFAULT_ADDRESS: &str = "/run/hologram-snapshotter/hologram.sock";
+
+/// The file's contents. Every field is optional.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Snapshotter root directory (the name the seed's config uses).
+    pub root_path: Option<PathBuf>,
+    /// Unix socket to serve containerd's snapshots API on.
+    pub address: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `hologram_snapshotter=debug`.
+    pub log_level: Option<String>,
+}
+
+impl FileConfig {
+    /// Reads `path`. A missing file is an empty config only when `required`
+    /// is false (the default path); an explicit `--config` must exist.
+    pub fn load(path: &Path, required: bool) -> anyhow::Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(FileConfig::default())
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read config {}", path.display()))
+            }
+        };
+        toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))
+    }
+}
+
+/// The settings the daemon runs with, after flags override the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub root: PathBuf,
+    pub address: PathBuf,
+    pub log_level: String,
+}
+
+impl Config {
+    /// Flags (`Some`) win over the file, the file over the defaults.
+    pub fn resolve(
+        file: FileConfig,
+        root: Option<PathBuf>,
+        address: Option<PathBuf>,
+        log_level: Option<String>,
+    ) -> Self {
+        Config {
+            root: root
+                .or(file.root_path)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT)),
+            address: address
+                .or(file.address)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_ADDRESS)),
+            log_level: log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".to_owned()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_over_defaults() {
+        let file: FileConfig =
+            toml::from_str("root_path = \"/from/file\"\nlog_level = \"debug\"").unwrap();
+        let c = Config::resolve(file.clone(), None, None, None);
+        assert_eq!(c.root, PathBuf::from("/from/file"));
+        assert_eq!(c.address, PathBuf::from(DEFAULT_ADDRESS));
+        assert_eq!(c.log_level, "debug");
+        let c = Config::resolve(
+            file,
+            Some("/flag".into()),
+            Some("/s.sock".into()),
+            Some("warn".into()),
+        );
+        assert_eq!(
+            (c.root, c.address, c.log_level),
+            ("/flag".into(), "/s.sock".into(), "warn".to_owned())
+        );
+        let c = Config::resolve(FileConfig::default(), None, None, None);
+        assert_eq!(c.root, PathBuf::from(DEFAULT_ROOT));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_files_are_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.toml");
+        std::fs::write(&p, "root_pth = \"/x\"\n").unwrap();
+        let e = format!("{:#}", FileConfig::load(&p, true).unwrap_err());
+        assert!(e.contains("root_pth"), "{e}");
+        std::fs::write(&p, "root_path = [").unwrap();
+        assert!(FileConfig::load(&p, true).is_err());
+        let missing = d.path().join("none.toml");
+        assert_eq!(
+            FileConfig::load(&missing, false).unwrap(),
+            FileConfig::default()
+        );
+        assert!(FileConfig::load(&missing, true).is_err());
+    }
+}

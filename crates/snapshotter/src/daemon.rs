@@ -1,0 +1,133 @@
+//! Serving: claim the unix socket, run the gRPC server, stop on SIGTERM/SIGINT.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use hologram_api::snapshots::snapshots_server::SnapshotsServer;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::service::{SnapshotsService, SHUTDOWN_GRACE};
+use crate::snapshotter::Snapshotter;
+
+/// Largest gRPC message accepted (tonic's default, stated explicitly): a
+/// request over it fails with ResourceExhausted before any work is done.
+const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+
+/// Makes `path` free to bind: refuses when a live process answers on it,
+/// removes a stale socket, refuses to touch anything that is not a socket.
+pub fn claim_socket(path: &Path) -> anyhow::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
+        Ok(meta) => {
+            if !meta.file_type().is_socket() {
+                anyhow::bail!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                );
+            }
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => anyhow::bail!(
+                    "another process is already serving {}; stop it first (is hologram-snapshotter running?)",
+                    path.display()
+                ),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    tracing::info!(socket = %path.display(), "removing stale socket");
+                    std::fs::remove_file(path)
+                        .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot probe socket {}", path.display())),
+            }
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(dir)
+            .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Serves `sn` on `address` until SIGTERM or SIGINT, then removes the socket.
+pub async fn serve(sn: Arc<Snapshotter>, address: &Path) -> anyhow::Result<()> {
+    claim_socket(address)?;
+    let listener = UnixListener::bind(address)
+        .with_context(|| format!("cannot listen on {}", address.display()))?;
+    std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot set permissions of {}", address.display()))?;
+    tracing::info!(socket = %address.display(), root = %sn.root().display(), "serving containerd snapshots API");
+
+    let svc = SnapshotsServer::new(SnapshotsService::new(sn))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                let _ = stop_rx.await;
+            }),
+    );
+    let signal = shutdown_signal().await?;
+    tracing::info!(signal, "shutting down");
+    let _ = stop_tx.send(());
+    let result = match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(joined) => joined
+            .context("server task failed")?
+            .context("gRPC server failed"),
+        Err(_) => {
+            tracing::warn!(
+                "in-flight calls did not finish within the grace period; exiting anyway"
+            );
+            Ok(())
+        }
+    };
+    if let Err(e) = std::fs::remove_file(address) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!(socket = %address.display(), error = %e, "cannot remove socket");
+        }
+    }
+    result
+}
+
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn stale_socket_is_removed_live_one_refused_file_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.sock");
+        claim_socket(&p).unwrap(); // nothing there
+
+        let live = std::os::unix::net::UnixListener::bind(&p).unwrap();
+        let e = claim_socket(&p).unwrap_err().to_string();
+        assert!(e.contains("already serving"), "{e}");
+        drop(live); // the file stays, nobody listens: stale
+        assert!(p.exists());
+        claim_socket(&p).unwrap();
+        assert!(!p.exists());
+
+        std::fs::write(&p, b"not a socket").unwrap();
+        let e = claim_socket(&p).unwrap_err().to_string();
+        assert!(e.contains("not a socket"), "{e}");
+        assert!(p.exists());
+    }
+}

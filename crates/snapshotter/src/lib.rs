@@ -1,0 +1,17 @@
+//! hologram-snapshotter: a containerd snapshotter served over gRPC as a
+//! proxy plugin.
+//!
+//! Where things are handled:
+//! * `service.rs` — the gRPC edge: every containerd call (Prepare, View,
+//!   Mounts, Commit, Remove, Stat, Update, List/Walk, Usage, Cleanup) arrives here;
+//! * `snapshotter.rs` — the operations themselves, over the metadata store
+//!   (`hologram-store`) and the snapshot directories;
+//! * `mounts.rs` — the mounts handed back to containerd;
+//! * `daemon.rs` — socket, server, signals; `config.rs` — configuration.
+
+pub mod config;
+pub mod daemon;
+pub mod disk_usage;
+pub mod mounts;
+pub mod service;
+pub mod snapshotter;
