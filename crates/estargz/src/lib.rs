@@ -1,0 +1,1 @@
+//! eStargz (placeholder, being written).
