@@ -1,0 +1,336 @@
+//! A private containerd (own config, root, state, socket and namespace) and
+//! a `ctr` wrapper.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tempfile::TempDir;
+
+use crate::mounts::unmount_under;
+use crate::process::{pid_exists, run_with_timeout, send_signal, Daemon};
+use crate::util::{short_tempdir, tail, unique_namespace, wait_until};
+
+/// Name of the proxy snapshotter plugin in the generated config.
+pub const SNAPSHOTTER: &str = "hologram";
+/// Default timeout of one `ctr` invocation.
+pub const CTR_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A containerd process with everything in one temp dir. Dropping it
+/// removes leftover tasks and containers, stops containerd, kills leftover
+/// shims of this instance, unmounts everything below its dir and removes the
+/// cgroups/runc state of its namespace.
+pub struct Containerd {
+    daemon: Option<Daemon>,
+    address: PathBuf,
+    namespace: String,
+    root: PathBuf,
+    state: PathBuf,
+    log: PathBuf,
+    extra_logs: Vec<(String, PathBuf)>,
+    // Dropped last.
+    dir: TempDir,
+}
+
+impl Containerd {
+    /// containerd with `[proxy_plugins.hologram]` pointing at `snapshotter_socket`.
+    pub fn start(snapshotter_socket: &Path) -> Result<Self> {
+        Self::start_with(Some(snapshotter_socket))
+    }
+
+    /// containerd with only its built-in snapshotters (reference runs).
+    pub fn start_without_proxy() -> Result<Self> {
+        Self::start_with(None)
+    }
+
+    fn start_with(snapshotter_socket: Option<&Path>) -> Result<Self> {
+        let dir = short_tempdir("hg-ctd-")?;
+        let root = dir.path().join("root");
+        let state = dir.path().join("state");
+        let address = dir.path().join("c.sock");
+        let log = dir.path().join("containerd.log");
+        let opt = dir.path().join("opt");
+        let config = dir.path().join("config.toml");
+        if address.as_os_str().len() >= 100 {
+            bail!("containerd socket path too long: {}", address.display());
+        }
+        let mut toml = format!(
+            "version = 2\n\
+             root = {root:?}\n\
+             state = {state:?}\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = {address:?}\n\
+             [ttrpc]\n  address = {ttrpc:?}\n\
+             [debug]\n  level = \"debug\"\n\
+             [metrics]\n  address = \"\"\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = {opt:?}\n",
+            root = root.display().to_string(),
+            state = state.display().to_string(),
+            address = address.display().to_string(),
+            ttrpc = format!("{}.ttrpc", address.display()),
+            opt = opt.display().to_string(),
+        );
+        if let Some(sock) = snapshotter_socket {
+            toml.push_str(&format!(
+                "[proxy_plugins.{SNAPSHOTTER}]\n  type = \"snapshot\"\n  address = {:?}\n",
+                sock.display().to_string()
+            ));
+        }
+        std::fs::write(&config, toml).context("writing containerd config")?;
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config").arg(&config);
+        let daemon = Daemon::spawn("containerd", cmd, &log)?;
+        let mut me = Self {
+            daemon: Some(daemon),
+            address,
+            namespace: unique_namespace(),
+            root,
+            state,
+            log,
+            extra_logs: Vec::new(),
+            dir,
+        };
+        me.wait_ready()?;
+        Ok(me)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let address = self.address.clone();
+        let daemon = self.daemon.as_mut().context("containerd not running")?;
+        let res = wait_until(
+            "`ctr version` to succeed",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                if let Some(status) = daemon.try_exited()? {
+                    bail!("containerd exited during start-up ({status})");
+                }
+                if !address.exists() {
+                    return Ok(false);
+                }
+                let out = run_with_timeout(
+                    Command::new("ctr")
+                        .arg("--address")
+                        .arg(&address)
+                        .arg("version"),
+                    Duration::from_secs(10),
+                )?;
+                Ok(out.status.success())
+            },
+        );
+        if let Err(e) = res {
+            bail!("{e:#}\n--- containerd log ---\n{}", tail(&self.log, 40));
+        }
+        Ok(())
+    }
+
+    /// Adds a log whose tail is appended to `ctr` failures (e.g. the
+    /// snapshotter's).
+    pub fn attach_log(&mut self, name: &str, path: &Path) {
+        self.extra_logs.push((name.to_string(), path.to_path_buf()));
+    }
+
+    pub fn address(&self) -> &Path {
+        &self.address
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn state(&self) -> &Path {
+        &self.state
+    }
+
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// A scratch directory inside this instance's temp dir (removed on drop).
+    pub fn scratch(&self, name: &str) -> Result<PathBuf> {
+        let p = self.dir.path().join(name);
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(p)
+    }
+
+    /// `ctr --address SOCK --namespace NS <args>` (not run yet).
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(&self.address)
+            .arg("--namespace")
+            .arg(&self.namespace)
+            .args(args);
+        cmd
+    }
+
+    /// Runs ctr and returns its raw output, whatever the exit status.
+    pub fn ctr_raw(&self, args: &[&str]) -> Result<Output> {
+        run_with_timeout(&mut self.ctr_command(args), CTR_TIMEOUT)
+            .with_context(|| format!("ctr {}\n{}", args.join(" "), self.diagnostics()))
+    }
+
+    /// Runs ctr and returns stdout; a non-zero exit is an error carrying
+    /// stdout, stderr and the tails of the containerd and attached logs.
+    pub fn ctr(&self, args: &[&str]) -> Result<String> {
+        let out = self.ctr_raw(args)?;
+        if !out.status.success() {
+            bail!(
+                "`ctr {}` failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}\n{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.diagnostics()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs ctr expecting failure; returns stderr (error if it succeeds).
+    pub fn ctr_fails(&self, args: &[&str]) -> Result<String> {
+        let out = self.ctr_raw(args)?;
+        if out.status.success() {
+            bail!(
+                "`ctr {}` succeeded but was expected to fail\n--- stdout ---\n{}\n{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                self.diagnostics()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Tails of the containerd log and attached logs.
+    pub fn diagnostics(&self) -> String {
+        let mut s = format!(
+            "--- containerd log tail ({}) ---\n{}\n",
+            self.log.display(),
+            tail(&self.log, 30)
+        );
+        for (name, path) in &self.extra_logs {
+            s.push_str(&format!(
+                "--- {name} log tail ({}) ---\n{}\n",
+                path.display(),
+                tail(path, 40)
+            ));
+        }
+        s
+    }
+
+    /// Whether containerd is still running.
+    pub fn is_running(&mut self) -> Result<bool> {
+        match self.daemon.as_mut() {
+            None => Ok(false),
+            Some(d) => Ok(d.try_exited()?.is_none()),
+        }
+    }
+
+    fn list_ids(&self, args: &[&str]) -> Vec<String> {
+        match run_with_timeout(&mut self.ctr_command(args), Duration::from_secs(20)) {
+            Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Best-effort removal of tasks and containers of our namespace.
+    fn remove_tasks_and_containers(&self) {
+        let short = Duration::from_secs(20);
+        for id in self.list_ids(&["tasks", "ls", "-q"]) {
+            let _ = run_with_timeout(
+                &mut self.ctr_command(&["tasks", "kill", "--all", "--signal", "SIGKILL", &id]),
+                short,
+            );
+            let _ = run_with_timeout(&mut self.ctr_command(&["tasks", "rm", "-f", &id]), short);
+        }
+        for id in self.list_ids(&["containers", "ls", "-q"]) {
+            let _ = run_with_timeout(&mut self.ctr_command(&["containers", "rm", &id]), short);
+        }
+    }
+
+    /// Processes started on behalf of this containerd that outlived it:
+    /// shims (their argv holds our socket path) and container init
+    /// processes (init.pid files in our state dir).
+    fn leftover_pids(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        let tasks = self
+            .state
+            .join("io.containerd.runtime.v2.task")
+            .join(&self.namespace);
+        if let Ok(entries) = std::fs::read_dir(&tasks) {
+            for e in entries.flatten() {
+                if let Ok(text) = std::fs::read_to_string(e.path().join("init.pid")) {
+                    if let Ok(pid) = text.trim().parse::<u32>() {
+                        pids.push(pid);
+                    }
+                }
+            }
+        }
+        let address = self.address.as_os_str().as_encoded_bytes();
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for e in entries.flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+                    continue;
+                };
+                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                let is_shim = args
+                    .first()
+                    .is_some_and(|a0| String::from_utf8_lossy(a0).contains("containerd-shim"));
+                if is_shim && args.contains(&address) {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids
+    }
+
+    fn remove_namespace_leftovers(&self) {
+        if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_dir(e.path().join(&self.namespace));
+            }
+        }
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&self.namespace));
+        let _ = std::fs::remove_dir_all(Path::new("/run/containerd/runc").join(&self.namespace));
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let running = self.is_running().unwrap_or(false);
+        if running {
+            self.remove_tasks_and_containers();
+        }
+        if let Some(mut daemon) = self.daemon.take() {
+            if let Err(e) = daemon.terminate(Duration::from_secs(15)) {
+                eprintln!("e2e cleanup: {e:#}");
+            }
+            // Dropping the reaped daemon does nothing more.
+        }
+        let leftovers = self.leftover_pids();
+        for pid in &leftovers {
+            let _ = send_signal(*pid, libc::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while leftovers.iter().any(|p| pid_exists(*p)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Err(e) = unmount_under(self.dir.path()) {
+            eprintln!("e2e cleanup: {e:#}");
+        }
+        self.remove_namespace_leftovers();
+    }
+}
