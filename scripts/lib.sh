@@ -35,7 +35,8 @@ YML
   PIDS+=($!)
   wait_for 20 "registry" curl -fsS "http://$REG/v2/"
 
-  : > "$WORK/hologram.toml"
+  # The daemon's config: HOLOGRAM_CONFIG (TOML text) or empty.
+  printf '%s\n' "${HOLOGRAM_CONFIG:-}" > "$WORK/hologram.toml"
   "$BIN/hologram-snapshotter" --root "$WORK/hologram" --address "$WORK/h.sock" \
     --config "$WORK/hologram.toml" --log-level "${LOG_LEVEL:-info}" >"$WORK/hologram.log" 2>&1 &
   PIDS+=($!)

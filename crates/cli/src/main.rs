@@ -1,11 +1,17 @@
-//! `hologram`: the command-line tool. Today it reports its version and checks
-//! that a snapshotter answers on its socket; `pull`, `convert`, `uor` and
-//! `witness` arrive with the lazy-pulling and trust work (see docs/ROADMAP.md).
+//! `hologram`: the command-line tool.
+//!
+//! * `pull` — remote-snapshot pull through containerd (see `pull.rs`);
+//! * `convert` — rewrite an image into eStargz and push it (see `convert.rs`);
+//! * `ping` — does a snapshotter answer on its socket;
+//! * `version`.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+
+mod convert;
+mod pull;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,7 +28,49 @@ struct Cli {
 enum Command {
     /// Print the version
     Version,
+    /// Pull an image through containerd so that a remote snapshotter can
+    /// mount its layers lazily (like `ctr-remote image rpull`)
+    Pull {
+        /// containerd's socket
+        #[arg(long, default_value = "/run/containerd/containerd.sock")]
+        address: PathBuf,
+        /// containerd namespace
+        #[arg(
+            long,
+            short = 'n',
+            default_value = "default",
+            env = "CONTAINERD_NAMESPACE"
+        )]
+        namespace: String,
+        /// Snapshotter to unpack with
+        #[arg(long, default_value = "hologram")]
+        snapshotter: String,
+        /// Use plain HTTP for the registry
+        #[arg(long)]
+        plain_http: bool,
+        /// containerd hosts.toml directory (mirrors, plain-HTTP hosts, CAs)
+        #[arg(long)]
+        hosts_dir: Option<PathBuf>,
+        /// Image reference
+        reference: String,
+    },
     /// Ask a running hologram-snapshotter how many snapshots it holds
+    /// Rewrite an image into eStargz (with TOC-digest annotations) and push it
+    Convert {
+        /// Use plain HTTP for the registries
+        #[arg(long)]
+        plain_http: bool,
+        /// Chunk size in bytes for large files
+        #[arg(long, default_value_t = 4 * 1024 * 1024)]
+        chunk_size: usize,
+        /// Files (paths in the image) to fetch first, at mount; repeatable
+        #[arg(long = "prefetch")]
+        prefetch: Vec<String>,
+        /// Source image
+        source: String,
+        /// Target image
+        target: String,
+    },
     Ping {
         /// The snapshotter's socket
         #[arg(long, default_value = "/run/hologram-snapshotter/hologram.sock")]
@@ -44,6 +92,52 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Version => {
             println!("hologram {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Pull {
+            address,
+            namespace,
+            snapshotter,
+            plain_http,
+            hosts_dir,
+            reference,
+        } => {
+            let args = pull::PullArgs {
+                address,
+                namespace,
+                snapshotter,
+                plain_http,
+                hosts_dir,
+                reference,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let summary = rt.block_on(pull::pull(&args))?;
+            println!("{summary}");
+            Ok(())
+        }
+        Command::Convert {
+            plain_http,
+            chunk_size,
+            prefetch,
+            source,
+            target,
+        } => {
+            let args = convert::ConvertArgs {
+                source,
+                target: target.clone(),
+                plain_http,
+                chunk_size,
+                prefetch,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let digest = rt.block_on(convert::run(&args))?;
+            println!("{target}@{digest}");
             Ok(())
         }
         Command::Ping { address } => {

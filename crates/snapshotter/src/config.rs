@@ -28,6 +28,85 @@ pub struct FileConfig {
     pub address: Option<PathBuf>,
     /// Log filter, e.g. `info` or `hologram_snapshotter=debug`.
     pub log_level: Option<String>,
+    /// Lazy pulling.
+    #[serde(default)]
+    pub remote: RemoteSection,
+}
+
+/// `[remote]`: lazily served layers.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteSection {
+    /// Serve eStargz layers lazily (otherwise every layer is unpacked).
+    pub enabled: bool,
+    /// Bound on one fetch, retries included: a read of data the registry
+    /// does not deliver fails with EIO after this long.
+    pub fetch_timeout_secs: u64,
+    /// Per-request timeout of the registry client.
+    pub request_timeout_secs: u64,
+    /// Fetch files before the eStargz prefetch landmark at mount
+    /// (`HOLOGRAM_PREFETCH=0` turns it off).
+    pub prefetch: bool,
+    /// Fetch the rest of each layer in the background
+    /// (`HOLOGRAM_BACKGROUND_FETCH=0` turns it off).
+    pub background_fetch: bool,
+    /// Background fetch rate limit per layer, MiB/s (0 = unlimited).
+    pub background_fetch_mib_per_sec: u64,
+    /// On-disk chunk cache size limit, MiB.
+    pub cache_size_mib: u64,
+    /// FUSE worker threads per layer.
+    pub fuse_threads: usize,
+    /// containerd's hosts.toml directory (mirrors, plain-HTTP hosts, CAs).
+    pub hosts_dir: Option<PathBuf>,
+    /// Docker config.json with registry credentials.
+    pub docker_config: Option<PathBuf>,
+    /// Talk plain HTTP to registries not configured in hosts_dir (test setups).
+    pub plain_http: bool,
+}
+
+impl Default for RemoteSection {
+    fn default() -> Self {
+        RemoteSection {
+            enabled: true,
+            fetch_timeout_secs: 30,
+            request_timeout_secs: 10,
+            prefetch: true,
+            background_fetch: true,
+            background_fetch_mib_per_sec: 32,
+            cache_size_mib: 10 * 1024,
+            fuse_threads: 4,
+            hosts_dir: Some(PathBuf::from("/etc/containerd/certs.d")),
+            docker_config: None,
+            plain_http: false,
+        }
+    }
+}
+
+/// Reads `0`/`false`/`off`/`no` (and their opposites) from the environment.
+fn env_flag(name: &str) -> Option<bool> {
+    match std::env::var(name)
+        .ok()?
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "0" | "false" | "off" | "no" => Some(false),
+        "1" | "true" | "on" | "yes" => Some(true),
+        _ => None,
+    }
+}
+
+impl RemoteSection {
+    /// The environment's overrides (`HOLOGRAM_PREFETCH`, `HOLOGRAM_BACKGROUND_FETCH`).
+    pub fn with_env(mut self) -> Self {
+        if let Some(v) = env_flag("HOLOGRAM_PREFETCH") {
+            self.prefetch = v;
+        }
+        if let Some(v) = env_flag("HOLOGRAM_BACKGROUND_FETCH") {
+            self.background_fetch = v;
+        }
+        self
+    }
 }
 
 impl FileConfig {
@@ -53,6 +132,7 @@ pub struct Config {
     pub root: PathBuf,
     pub address: PathBuf,
     pub log_level: String,
+    pub remote: RemoteSection,
 }
 
 impl Config {
@@ -73,6 +153,7 @@ impl Config {
             log_level: log_level
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".to_owned()),
+            remote: file.remote,
         }
     }
 }
@@ -113,6 +194,13 @@ mod tests {
         assert!(e.contains("root_pth"), "{e}");
         std::fs::write(&p, "root_path = [").unwrap();
         assert!(FileConfig::load(&p, true).is_err());
+        std::fs::write(&p, "[remote]\nprefetch = false\ncache_size_mb = 3\n").unwrap();
+        let e = format!("{:#}", FileConfig::load(&p, true).unwrap_err());
+        assert!(e.contains("cache_size_mb"), "{e}");
+        std::fs::write(&p, "[remote]\nprefetch = false\n").unwrap();
+        let f = FileConfig::load(&p, true).unwrap();
+        assert!(!f.remote.prefetch);
+        assert!(f.remote.background_fetch, "unset keys keep their defaults");
         let missing = d.path().join("none.toml");
         assert_eq!(
             FileConfig::load(&missing, false).unwrap(),

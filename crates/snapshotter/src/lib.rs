@@ -6,12 +6,16 @@
 //!   Mounts, Commit, Remove, Stat, Update, List/Walk, Usage, Cleanup) arrives here;
 //! * `snapshotter.rs` — the operations themselves, over the metadata store
 //!   (`hologram-store`) and the snapshot directories;
+//! * `remote.rs` — remote snapshots: which layers are served lazily, mounting
+//!   them through `hologram-fs` (whose `LayerFs::read` is where read(2) lands);
 //! * `mounts.rs` — the mounts handed back to containerd;
 //! * `daemon.rs` — socket, server, signals; `config.rs` — configuration.
 
 pub mod config;
 pub mod daemon;
 pub mod disk_usage;
+pub mod mountinfo;
 pub mod mounts;
+pub mod remote;
 pub mod service;
 pub mod snapshotter;

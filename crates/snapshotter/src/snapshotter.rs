@@ -25,11 +25,16 @@ use std::io;
 use std::os::unix::fs::{chown, DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
 use hologram_store::filter::Filter;
 use hologram_store::{Info, Kind, MetaStore, Snapshot, StoreError, Usage};
 
 use crate::disk_usage::disk_usage;
+use crate::mountinfo::unmount_below;
 use crate::mounts::{mounts_for, Mount};
+use crate::remote::{self, LayerRef, RemoteLayers, LABEL_REMOTE, LABEL_SNAPSHOT_REF};
 
 /// Errors with a gRPC class; see `service.rs` for the mapping.
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -44,6 +49,8 @@ pub struct Snapshotter {
     store: MetaStore,
     /// overlay supports `index=off` on this kernel (containerd sets it then).
     index_off: bool,
+    /// Lazily served layers; `None` when the daemon runs without them.
+    remote: Option<Arc<RemoteLayers>>,
     /// Held for the daemon's lifetime: one owner per root.
     _lock: File,
 }
@@ -58,8 +65,9 @@ impl std::fmt::Debug for Snapshotter {
 
 impl Snapshotter {
     /// Opens (creating if needed) the snapshotter root. Fails if another
-    /// process owns it.
-    pub fn open(root: &Path) -> anyhow::Result<Self> {
+    /// process owns it. Remote layers committed before a restart are mounted
+    /// again (from their local TOC copy: no network needed).
+    pub fn open(root: &Path, remote: Option<Arc<RemoteLayers>>) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         fs::DirBuilder::new()
             .recursive(true)
@@ -89,12 +97,44 @@ impl Snapshotter {
         let store = MetaStore::open_with_floor(&root.join("metadata.redb"), floor)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let index_off = Path::new("/sys/module/overlay/parameters/index").exists();
-        Ok(Snapshotter {
+        let sn = Snapshotter {
             root: root.to_owned(),
             store,
             index_off,
+            remote,
             _lock: lock,
-        })
+        };
+        sn.restore_remote();
+        Ok(sn)
+    }
+
+    /// Re-mounts every committed remote snapshot. Failures are logged, never
+    /// fatal: the daemon must start even when a registry is unreachable.
+    fn restore_remote(&self) {
+        let Some(remote) = &self.remote else { return };
+        let Ok(filter) = Filter::parse_all(&[format!("kind==committed,labels.\"{LABEL_REMOTE}\"")])
+        else {
+            return;
+        };
+        let Ok(infos) = self.store.walk(&filter) else {
+            return;
+        };
+        for info in infos {
+            let Ok((id, _, _)) = self.store.info(&info.name) else {
+                continue;
+            };
+            let fs = self.dir(id).join("fs");
+            match remote.restore(id, &info.labels, &fs) {
+                Ok(()) => tracing::info!(snapshot = %info.name, "remote layer mounted again"),
+                Err(e) => tracing::error!(snapshot = %info.name, error = %e,
+                    "cannot mount remote layer again; containers using it will fail to read"),
+            }
+        }
+    }
+
+    /// The remote-layer manager, if any.
+    pub fn remote(&self) -> Option<&Arc<RemoteLayers>> {
+        self.remote.as_ref()
     }
 
     /// The root directory.
@@ -127,8 +167,118 @@ impl Snapshotter {
         parent: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<Vec<Mount>> {
+        if kind == Kind::Active {
+            if let Some(decision) = remote::layer_ref(&labels) {
+                return self.prepare_layer(key, parent, labels, decision);
+            }
+        }
         let snap = self.store.write(|t| {
             let snap = t.create(kind, key, parent, labels)?;
+            self.make_dir(&snap)?;
+            Ok(snap)
+        })?;
+        Ok(self.mounts(&snap))
+    }
+
+    /// Prepare of an image layer during unpack (`snapshot.ref` present): serve
+    /// it remotely if we can (commit under the chain ID and answer
+    /// AlreadyExists, so containerd skips download and unpack), otherwise a
+    /// plain active snapshot for containerd to unpack into, with a warning.
+    fn prepare_layer(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: BTreeMap<String, String>,
+        decision: std::result::Result<LayerRef, String>,
+    ) -> Result<Vec<Mount>> {
+        let chain_id = labels.get(LABEL_SNAPSHOT_REF).cloned().unwrap_or_default();
+        let exists = || StoreError::AlreadyExists(format!("target snapshot {chain_id:?}"));
+        // Already served (another namespace, an earlier pull): containerd
+        // finds it with a Walk on the ref label and parent.
+        if let Ok((_, info, _)) = self.store.info(&chain_id) {
+            if info.kind == Kind::Committed && info.parent == parent {
+                return Err(exists());
+            }
+        }
+        let lr = match (decision, &self.remote) {
+            (Ok(lr), Some(r)) if r.enabled() => lr,
+            (Ok(_), _) => {
+                return self.fallback(
+                    key,
+                    parent,
+                    labels,
+                    &chain_id,
+                    "remote snapshots are disabled".into(),
+                )
+            }
+            (Err(reason), _) => return self.fallback(key, parent, labels, &chain_id, reason),
+        };
+        let Some(remote) = self.remote.clone() else {
+            return self.fallback(
+                key,
+                parent,
+                labels,
+                &chain_id,
+                "remote snapshots are disabled".into(),
+            );
+        };
+        let snap = self.store.write(|t| {
+            let snap = t.create(Kind::Active, key, parent, labels.clone())?;
+            self.make_dir(&snap)?;
+            Ok(snap)
+        })?;
+        let fs_dir = self.dir(snap.id).join("fs");
+        let extra = match remote.mount(snap.id, &lr, &fs_dir) {
+            Ok(extra) => extra,
+            Err(reason) => {
+                remote.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(layer = %lr.layer_digest, image = %lr.image, reason = %reason,
+                    "layer cannot be served lazily: containerd will download and unpack it");
+                return Ok(self.mounts(&snap));
+            }
+        };
+        let mut commit_labels = labels;
+        commit_labels.extend(extra);
+        match self
+            .store
+            .write(|t| t.commit(key, &chain_id, Usage::default(), commit_labels))
+        {
+            Ok(_) => {
+                tracing::info!(layer = %lr.layer_digest, image = %lr.image, chain_id = %chain_id, "layer mounted lazily");
+                Err(exists())
+            }
+            Err(e) => {
+                remote.unmount(snap.id);
+                unmount_below(&fs_dir);
+                let _ = self.remove(key);
+                match e {
+                    StoreError::AlreadyExists(_) => Err(exists()),
+                    other => Err(other),
+                }
+            }
+        }
+    }
+
+    /// A plain active snapshot for a layer we do not serve lazily, said loudly.
+    fn fallback(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: BTreeMap<String, String>,
+        chain_id: &str,
+        reason: String,
+    ) -> Result<Vec<Mount>> {
+        if let Some(r) = &self.remote {
+            r.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        let layer = labels
+            .get(remote::LABEL_CRI_LAYER_DIGEST)
+            .or_else(|| labels.get(remote::LABEL_STARGZ_DIGEST))
+            .cloned()
+            .unwrap_or_else(|| format!("chain {chain_id}"));
+        tracing::warn!(layer = %layer, reason = %reason, "layer cannot be served lazily: containerd will download and unpack it");
+        let snap = self.store.write(|t| {
+            let snap = t.create(Kind::Active, key, parent, labels)?;
             self.make_dir(&snap)?;
             Ok(snap)
         })?;
@@ -199,6 +349,10 @@ impl Snapshotter {
     pub fn remove(&self, key: &str) -> Result<()> {
         let (id, _) = self.store.write(|t| t.remove(key))?;
         let dir = self.dir(id);
+        if let Some(r) = &self.remote {
+            r.unmount(id);
+        }
+        unmount_below(&dir);
         if let Err(e) = fs::remove_dir_all(&dir) {
             if e.kind() != io::ErrorKind::NotFound {
                 tracing::warn!(path = %dir.display(), error = %e, "snapshot removed; its directory is left for Cleanup");
@@ -257,6 +411,7 @@ impl Snapshotter {
                 if orphan {
                     // Renamed first, so the removal below never races a new id.
                     let path = entry.path();
+                    unmount_below(&path);
                     let to = if name.starts_with("rm-") {
                         path
                     } else {

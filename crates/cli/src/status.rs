@@ -1,0 +1,1054 @@
+//! `hologram status`: a terminal summary of a running snapshotter, read from
+//! its Prometheus endpoint (`/metrics`, Prometheus text format 0.0.4; the
+//! OpenMetrics text format parses too).
+//!
+//! The HTTP GET is a plain HTTP/1.1 request over a `std::net::TcpStream`
+//! (run on a blocking thread): the endpoint is local and plain HTTP, so no
+//! HTTP client library is needed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::net::{TcpStream, ToSocketAddrs as _};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context as _};
+
+/// Where the daemon serves its metrics unless configured otherwise.
+pub const DEFAULT_METRICS_URL: &str = "http://127.0.0.1:8080/metrics";
+
+/// The largest response accepted.
+const MAX_RESPONSE: u64 = 32 << 20;
+
+/// `hologram status`
+#[derive(clap::Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// URL of the snapshotter's metrics endpoint (plain http://)
+    #[arg(
+        long = "metrics",
+        value_name = "URL",
+        default_value = DEFAULT_METRICS_URL,
+        env = "HOLOGRAM_METRICS_URL"
+    )]
+    pub metrics: String,
+    /// Seconds to wait for the endpoint
+    #[arg(long, default_value_t = 5)]
+    pub timeout: u64,
+    /// Print the parsed samples (name, labels, value) instead of the summary
+    #[arg(long)]
+    pub raw: bool,
+}
+
+/// Fetches the metrics and prints the summary.
+pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let url = args.metrics.clone();
+    let timeout = Duration::from_secs(args.timeout.max(1));
+    let body = tokio::task::spawn_blocking(move || http_get(&url, timeout))
+        .await
+        .context("the HTTP request's thread failed")??;
+    let exposition = Exposition::parse(&body).with_context(|| {
+        format!(
+            "{} did not answer in the Prometheus text format",
+            args.metrics
+        )
+    })?;
+    if args.raw {
+        for s in &exposition.samples {
+            println!("{}{} {}", s.name, format_labels(&s.labels), s.value);
+        }
+    } else {
+        print!("{}", render(&exposition, &args.metrics, unix_now()));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// HTTP
+
+struct HttpUrl {
+    host: String,
+    port: u16,
+    path: String,
+}
+
+fn parse_url(url: &str) -> anyhow::Result<HttpUrl> {
+    let rest = match url.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+        Some((scheme, _)) => bail!("{url}: only http:// is supported (not {scheme}://)"),
+        None => url,
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/metrics"),
+    };
+    if authority.is_empty() {
+        bail!("{url}: no host");
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6
+            .split_once(']')
+            .ok_or_else(|| anyhow!("{url}: unclosed '['"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p
+                .parse()
+                .with_context(|| format!("{url}: bad port {p:?}"))?,
+            None if after.is_empty() => 80,
+            None => bail!("{url}: unexpected {after:?} after the address"),
+        };
+        (host.to_owned(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_owned(),
+                p.parse()
+                    .with_context(|| format!("{url}: bad port {p:?}"))?,
+            ),
+            None => (authority.to_owned(), 80),
+        }
+    };
+    if host.is_empty() {
+        bail!("{url}: no host");
+    }
+    Ok(HttpUrl {
+        host,
+        port,
+        path: path.to_owned(),
+    })
+}
+
+/// GET `url` and return the body of a 200 answer.
+fn http_get(url: &str, timeout: Duration) -> anyhow::Result<String> {
+    let u = parse_url(url)?;
+    let addrs: Vec<_> = (u.host.as_str(), u.port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {}", u.host))?
+        .collect();
+    let mut last_err = None;
+    let mut stream = None;
+    for a in &addrs {
+        match TcpStream::connect_timeout(a, timeout) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let mut stream = match (stream, last_err) {
+        (Some(s), _) => s,
+        (None, Some(e)) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "cannot connect to {url} (is hologram-snapshotter running, with its \
+                     metrics endpoint on?)"
+                )
+            })
+        }
+        (None, None) => bail!("{} resolves to no address", u.host),
+    };
+    stream
+        .set_read_timeout(Some(timeout))
+        .context("cannot set a read timeout")?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .context("cannot set a write timeout")?;
+    let host_header = if u.host.contains(':') {
+        format!("[{}]:{}", u.host, u.port)
+    } else {
+        format!("{}:{}", u.host, u.port)
+    };
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: hologram/{}\r\n\
+         Accept: text/plain\r\nConnection: close\r\n\r\n",
+        u.path,
+        env!("CARGO_PKG_VERSION")
+    );
+    stream
+        .write_all(request.as_bytes())
+        .with_context(|| format!("cannot send the request to {url}"))?;
+    let mut raw = Vec::new();
+    stream
+        .take(MAX_RESPONSE + 1)
+        .read_to_end(&mut raw)
+        .with_context(|| format!("cannot read the answer of {url}"))?;
+    if raw.len() as u64 > MAX_RESPONSE {
+        bail!("{url}: the answer is larger than {} bytes", MAX_RESPONSE);
+    }
+    let (status, body) =
+        parse_response(&raw).with_context(|| format!("{url}: malformed HTTP answer"))?;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    if status != 200 {
+        let excerpt: String = text.chars().take(200).collect();
+        bail!("{url} answered HTTP {status}: {}", excerpt.trim());
+    }
+    Ok(text)
+}
+
+/// Status code and (de-chunked) body of a whole HTTP/1.1 response.
+fn parse_response(raw: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow!("no end of headers"))?;
+    let head = std::str::from_utf8(&raw[..end]).context("headers are not UTF-8")?;
+    let body = &raw[end + 4..];
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.split_whitespace();
+    match parts.next() {
+        Some(v) if v.starts_with("HTTP/1.") => {}
+        _ => bail!("not an HTTP/1.x status line: {status_line:?}"),
+    }
+    let status: u16 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("no status code in {status_line:?}"))?;
+    let mut chunked = false;
+    let mut length = None;
+    for line in lines {
+        if let Some((k, v)) = line.split_once(':') {
+            let (k, v) = (k.trim(), v.trim());
+            if k.eq_ignore_ascii_case("transfer-encoding")
+                && v.to_ascii_lowercase().contains("chunked")
+            {
+                chunked = true;
+            } else if k.eq_ignore_ascii_case("content-length") {
+                length = Some(
+                    v.parse::<usize>()
+                        .with_context(|| format!("bad Content-Length {v:?}"))?,
+                );
+            }
+        }
+    }
+    let body = if chunked {
+        dechunk(body)?
+    } else if let Some(n) = length {
+        if body.len() < n {
+            bail!("the body is {} bytes, Content-Length says {n}", body.len());
+        }
+        body[..n].to_vec()
+    } else {
+        body.to_vec()
+    };
+    Ok((status, body))
+}
+
+/// Decodes a `Transfer-Encoding: chunked` body.
+fn dechunk(mut b: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| anyhow!("truncated chunk size"))?;
+        let size_line = std::str::from_utf8(&b[..eol]).context("chunk size is not text")?;
+        let size_hex = size_line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_hex, 16)
+            .with_context(|| format!("bad chunk size {size_hex:?}"))?;
+        b = &b[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if b.len() < size + 2 {
+            bail!("truncated chunk");
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Text format
+
+/// One sample line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The sample's name (`foo_total`, `foo_bucket`, ...).
+    pub name: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its value.
+    pub value: f64,
+}
+
+/// A parsed exposition: the `# TYPE` of each family and every sample.
+#[derive(Debug, Clone, Default)]
+pub struct Exposition {
+    /// Family name -> type (`counter`, `gauge`, `histogram`, ...).
+    pub types: BTreeMap<String, String>,
+    /// Samples in the order they came.
+    pub samples: Vec<Sample>,
+}
+
+fn is_name_start(c: char) -> bool {
+    c.is_ascii_alphabetic() || c == '_' || c == ':'
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == ':'
+}
+
+fn parse_value(s: &str) -> Option<f64> {
+    match s {
+        "+Inf" | "Inf" | "+inf" | "inf" => Some(f64::INFINITY),
+        "-Inf" | "-inf" => Some(f64::NEG_INFINITY),
+        "NaN" | "nan" => Some(f64::NAN),
+        _ => s.parse().ok(),
+    }
+}
+
+/// Parses `{a="x",b="y"}` at the start of `s`; returns the labels and the rest.
+fn parse_labels(s: &str) -> Result<(BTreeMap<String, String>, &str), String> {
+    let mut labels = BTreeMap::new();
+    let mut rest = s.strip_prefix('{').ok_or("expected '{'")?;
+    loop {
+        rest = rest.trim_start();
+        if let Some(r) = rest.strip_prefix('}') {
+            return Ok((labels, r));
+        }
+        let name_len = rest.find(|c: char| !is_name_char(c)).unwrap_or(rest.len());
+        if name_len == 0 {
+            return Err(format!("expected a label name at {rest:?}"));
+        }
+        let name = &rest[..name_len];
+        rest = rest[name_len..].trim_start();
+        rest = rest
+            .strip_prefix('=')
+            .ok_or_else(|| format!("expected '=' after label {name}"))?;
+        rest = rest.trim_start();
+        rest = rest
+            .strip_prefix('"')
+            .ok_or_else(|| format!("expected '\"' for label {name}"))?;
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        let end = loop {
+            match chars.next() {
+                None => return Err(format!("unterminated value of label {name}")),
+                Some((i, '"')) => break i,
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, '\\')) => value.push('\\'),
+                    Some((_, '"')) => value.push('"'),
+                    Some((_, c)) => {
+                        value.push('\\');
+                        value.push(c);
+                    }
+                    None => return Err(format!("unterminated value of label {name}")),
+                },
+                Some((_, c)) => value.push(c),
+            }
+        };
+        labels.insert(name.to_owned(), value);
+        rest = rest[end + 1..].trim_start();
+        if let Some(r) = rest.strip_prefix(',') {
+            rest = r;
+        } else if !rest.starts_with('}') {
+            return Err(format!("expected ',' or '}}' after label {name}"));
+        }
+    }
+}
+
+fn parse_sample(line: &str) -> Result<Sample, String> {
+    if !line.starts_with(is_name_start) {
+        return Err("a sample must start with a metric name".into());
+    }
+    let name_len = line.find(|c: char| !is_name_char(c)).unwrap_or(line.len());
+    let name = &line[..name_len];
+    let mut rest = &line[name_len..];
+    let labels = if rest.starts_with('{') {
+        let (labels, r) = parse_labels(rest)?;
+        rest = r;
+        labels
+    } else {
+        BTreeMap::new()
+    };
+    let mut fields = rest.split_whitespace();
+    let value_text = fields
+        .next()
+        .ok_or_else(|| format!("no value for {name}"))?;
+    let value =
+        parse_value(value_text).ok_or_else(|| format!("bad value {value_text:?} for {name}"))?;
+    // An optional timestamp may follow (ignored); an OpenMetrics exemplar
+    // starts with '#'.
+    let mut after_value = fields.take_while(|f| !f.starts_with('#'));
+    if let Some(ts) = after_value.next() {
+        if ts.parse::<f64>().is_err() {
+            return Err(format!("bad timestamp {ts:?} after the value of {name}"));
+        }
+    }
+    if let Some(extra) = after_value.next() {
+        return Err(format!("unexpected {extra:?} after the value of {name}"));
+    }
+    Ok(Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    })
+}
+
+impl Exposition {
+    /// Parses the Prometheus text format (0.0.4; OpenMetrics text parses
+    /// too). Comments other than `# TYPE` are ignored.
+    pub fn parse(text: &str) -> anyhow::Result<Exposition> {
+        let mut e = Exposition::default();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(comment) = line.strip_prefix('#') {
+                let mut words = comment.split_whitespace();
+                if words.next() == Some("TYPE") {
+                    if let (Some(name), Some(typ)) = (words.next(), words.next()) {
+                        e.types.insert(name.to_owned(), typ.to_owned());
+                    }
+                }
+                continue;
+            }
+            let sample =
+                parse_sample(line).map_err(|m| anyhow!("line {}: {m}: {line:?}", i + 1))?;
+            e.samples.push(sample);
+        }
+        Ok(e)
+    }
+
+    fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        filter: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.samples.iter().filter(move |s| {
+            s.name == name
+                && filter
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+    }
+
+    /// Whether any sample is called `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.samples.iter().any(|s| s.name == name)
+    }
+
+    /// The sum of the samples `name` whose labels include `filter`.
+    pub fn sum(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
+        self.matching(name, filter).map(|s| s.value).sum()
+    }
+
+    /// The samples `name` summed by the value of `label`.
+    pub fn by_label(&self, name: &str, label: &str) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for s in self.matching(name, &[]) {
+            let key = s.labels.get(label).cloned().unwrap_or_default();
+            *out.entry(key).or_insert(0.0) += s.value;
+        }
+        out
+    }
+
+    /// Estimates the `q` quantile of the histogram `family` (samples
+    /// `family_bucket`) over the series whose labels include `filter`,
+    /// interpolating linearly inside the bucket, as PromQL's
+    /// `histogram_quantile` does. None without observations.
+    pub fn quantile(&self, family: &str, q: f64, filter: &[(&str, &str)]) -> Option<f64> {
+        let bucket_name = format!("{family}_bucket");
+        let mut buckets: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+        for s in self.matching(&bucket_name, filter) {
+            let le = s.labels.get("le").and_then(|v| parse_value(v))?;
+            // Key by the bound's bits so that equal bounds of several series add up.
+            let entry = buckets.entry(order_key(le)).or_insert((le, 0.0));
+            entry.1 += s.value;
+        }
+        let total = buckets.values().last().map(|(_, c)| *c)?;
+        if total <= 0.0 {
+            return None;
+        }
+        let rank = q * total;
+        let mut prev_bound = 0.0;
+        let mut prev_count = 0.0;
+        for (bound, count) in buckets.values() {
+            if *count >= rank {
+                if bound.is_infinite() {
+                    return Some(prev_bound);
+                }
+                let in_bucket = count - prev_count;
+                if in_bucket <= 0.0 {
+                    return Some(*bound);
+                }
+                return Some(prev_bound + (bound - prev_bound) * (rank - prev_count) / in_bucket);
+            }
+            prev_bound = *bound;
+            prev_count = *count;
+        }
+        Some(prev_bound)
+    }
+}
+
+/// A u64 that sorts like the (non-NaN) f64 `v`.
+fn order_key(v: f64) -> u64 {
+    let bits = v.to_bits();
+    if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1 << 63)
+    }
+}
+
+fn format_labels(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return String::new();
+    }
+    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+// ---------------------------------------------------------------------------
+// Summary
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// `1536` -> `1.5 KiB`.
+pub fn human_bytes(v: f64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = v.max(0.0);
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{v:.0} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn human_seconds(s: f64) -> String {
+    if !s.is_finite() {
+        "-".into()
+    } else if s < 0.001 {
+        format!("{:.0} µs", s * 1e6)
+    } else if s < 1.0 {
+        format!("{:.1} ms", s * 1e3)
+    } else {
+        format!("{s:.2} s")
+    }
+}
+
+fn human_duration(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    let (d, h, m) = (s / 86_400, (s % 86_400) / 3600, (s % 3600) / 60);
+    if d > 0 {
+        format!("{d}d {h}h {m}m")
+    } else if h > 0 {
+        format!("{h}h {m}m")
+    } else if m > 0 {
+        format!("{m}m {}s", s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn count(v: f64) -> String {
+    format!("{v:.0}")
+}
+
+fn percent(part: f64, whole: f64) -> String {
+    if whole > 0.0 {
+        format!("{:.1}%", 100.0 * part / whole)
+    } else {
+        "-".into()
+    }
+}
+
+/// The terminal summary of `e`, read from `url`, at Unix time `now`.
+pub fn render(e: &Exposition, url: &str, now: f64) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "hologram-snapshotter metrics from {url}");
+
+    let start = e.sum("process_start_time_seconds", &[]);
+    if start > 0.0 {
+        let _ = writeln!(
+            o,
+            "  uptime                 {}",
+            human_duration(now - start)
+        );
+    }
+    if e.has("process_resident_memory_bytes") {
+        let _ = writeln!(
+            o,
+            "  memory (RSS)           {}",
+            human_bytes(e.sum("process_resident_memory_bytes", &[]))
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  mounted layers         {}",
+        count(e.sum("hologram_mounted_layers", &[]))
+    );
+
+    let _ = writeln!(o, "\nData");
+    let fetched = e.by_label("hologram_fetched_bytes_total", "source");
+    let fetched_total: f64 = fetched.values().sum();
+    let parts: Vec<String> = fetched
+        .iter()
+        .map(|(s, v)| format!("{s} {}", human_bytes(*v)))
+        .collect();
+    let _ = writeln!(
+        o,
+        "  fetched                {} ({})",
+        human_bytes(fetched_total),
+        if parts.is_empty() {
+            "none".to_owned()
+        } else {
+            parts.join(", ")
+        }
+    );
+    let served = e.sum("hologram_served_bytes_total", &[]);
+    let _ = writeln!(o, "  served to readers      {}", human_bytes(served));
+    let remote: f64 = fetched
+        .iter()
+        .filter(|(s, _)| s.as_str() != "cache")
+        .map(|(_, v)| *v)
+        .sum();
+    if served > 0.0 {
+        let _ = writeln!(o, "  remote / served        {}", percent(remote, served));
+    }
+    let _ = writeln!(
+        o,
+        "  prefetched             {}",
+        human_bytes(e.sum("hologram_prefetch_bytes_total", &[]))
+    );
+    let _ = writeln!(
+        o,
+        "  background fetch       {} ({} chunks pending)",
+        human_bytes(e.sum("hologram_background_fetch_bytes", &[])),
+        count(e.sum("hologram_background_pending_chunks", &[]))
+    );
+    let fetch_errors = e.sum("hologram_remote_fetches_total", &[("result", "error")]);
+    if fetch_errors > 0.0 {
+        let _ = writeln!(o, "  fetch errors           {}", count(fetch_errors));
+    }
+
+    let _ = writeln!(o, "\nCache");
+    let used = e.sum("hologram_cache_bytes", &[]);
+    let limit = e.sum("hologram_cache_limit_bytes", &[]);
+    let _ = writeln!(
+        o,
+        "  use                    {} / {} ({})",
+        human_bytes(used),
+        if limit > 0.0 {
+            human_bytes(limit)
+        } else {
+            "no limit".into()
+        },
+        percent(used, limit)
+    );
+    let hits = e.sum("hologram_cache_requests_total", &[("result", "hit")]);
+    let misses = e.sum("hologram_cache_requests_total", &[("result", "miss")]);
+    let _ = writeln!(
+        o,
+        "  lookups                {} (hit ratio {})",
+        count(hits + misses),
+        percent(hits, hits + misses)
+    );
+
+    let _ = writeln!(o, "\nIntegrity");
+    let _ = writeln!(
+        o,
+        "  verification failures  {}",
+        count(e.sum("hologram_chunk_verification_failures_total", &[]))
+    );
+    let fallbacks: Vec<String> = e
+        .by_label("hologram_remote_fallbacks_total", "reason")
+        .into_iter()
+        .filter(|(_, v)| *v > 0.0)
+        .map(|(r, v)| format!("{r} {}", count(v)))
+        .collect();
+    let _ = writeln!(
+        o,
+        "  fallbacks              {}",
+        if fallbacks.is_empty() {
+            "none".to_owned()
+        } else {
+            fallbacks.join(", ")
+        }
+    );
+
+    let _ = writeln!(o, "\nSnapshotter operations");
+    let ops_name = "hologram_snapshotter_operations_total";
+    let dur = "hologram_snapshotter_operation_duration_seconds";
+    let mut rows = Vec::new();
+    for (op, total) in e.by_label(ops_name, "op") {
+        if total <= 0.0 {
+            continue;
+        }
+        let errors: f64 = e
+            .matching(ops_name, &[])
+            .filter(|s| {
+                s.labels.get("op") == Some(&op)
+                    && s.labels.get("result").map(String::as_str) != Some("ok")
+            })
+            .map(|s| s.value)
+            .sum();
+        let filter = [("op", op.as_str())];
+        let n = e.sum(&format!("{dur}_count"), &filter);
+        let mean = if n > 0.0 {
+            e.sum(&format!("{dur}_sum"), &filter) / n
+        } else {
+            f64::NAN
+        };
+        let p95 = e.quantile(dur, 0.95, &filter).unwrap_or(f64::NAN);
+        rows.push((op.clone(), total, errors, mean, p95));
+    }
+    if rows.is_empty() {
+        let _ = writeln!(o, "  none yet");
+    } else {
+        let _ = writeln!(
+            o,
+            "  {:<10} {:>10} {:>8} {:>10} {:>10}",
+            "op", "total", "errors", "mean", "p95"
+        );
+        for (op, total, errors, mean, p95) in rows {
+            let _ = writeln!(
+                o,
+                "  {:<10} {:>10} {:>8} {:>10} {:>10}",
+                op,
+                count(total),
+                count(errors),
+                human_seconds(mean),
+                human_seconds(p95)
+            );
+        }
+    }
+
+    let reads = e.sum("hologram_fuse_read_duration_seconds_count", &[]);
+    if reads > 0.0 {
+        let _ = writeln!(o, "\nFUSE reads");
+        let mean = e.sum("hologram_fuse_read_duration_seconds_sum", &[]) / reads;
+        let p95 = e
+            .quantile("hologram_fuse_read_duration_seconds", 0.95, &[])
+            .unwrap_or(f64::NAN);
+        let _ = writeln!(
+            o,
+            "  {} reads, {} returned, mean {}, p95 {}",
+            count(reads),
+            human_bytes(e.sum("hologram_fuse_read_bytes_total", &[])),
+            human_seconds(mean),
+            human_seconds(p95)
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use hologram_telemetry::{GaugeSnapshot, Metrics};
+
+    fn busy_metrics() -> std::sync::Arc<Metrics> {
+        let m = Metrics::new();
+        for _ in 0..9 {
+            m.snapshotter_op("prepare", "ok", 0.004);
+        }
+        m.snapshotter_op("prepare", "error", 0.5);
+        m.snapshotter_op("commit", "ok", 0.02);
+        m.remote_fetch("registry", 0.2, 3 << 20, "ok");
+        m.remote_fetch("cache", 0.001, 1 << 20, "ok");
+        m.remote_fetch("ctp96", 1.0, 0, "error");
+        for _ in 0..3 {
+            m.cache_lookup(true);
+        }
+        m.cache_lookup(false);
+        m.chunk_verification_failure();
+        m.fallback("not_estargz");
+        m.fallback("not_estargz");
+        m.fallback("fetch_error");
+        m.fuse_read(0.003, 4096, "ok");
+        m.set_collector(Box::new(|s: &mut GaugeSnapshot| {
+            s.mounted_layers = 4;
+            s.cache_bytes = 512 << 20;
+            s.cache_limit_bytes = 2 << 30;
+            s.bytes_served = 8 << 20;
+            s.background_pending_chunks = 7;
+        }));
+        m
+    }
+
+    #[test]
+    fn parses_the_daemons_own_output() {
+        let m = busy_metrics();
+        let text = m.encode();
+        let e = Exposition::parse(&text).unwrap();
+        assert_eq!(
+            e.types
+                .get("hologram_snapshotter_operations_total")
+                .map(String::as_str),
+            Some("counter")
+        );
+        assert_eq!(
+            e.types.get("hologram_mounted_layers").map(String::as_str),
+            Some("gauge")
+        );
+        assert_eq!(
+            e.types
+                .get("hologram_snapshotter_operation_duration_seconds")
+                .map(String::as_str),
+            Some("histogram")
+        );
+        assert_eq!(
+            e.types
+                .get("hologram_resolver_operations_total")
+                .map(String::as_str),
+            Some("counter")
+        );
+        let ops = "hologram_snapshotter_operations_total";
+        assert_eq!(e.sum(ops, &[("op", "prepare"), ("result", "ok")]), 9.0);
+        assert_eq!(e.sum(ops, &[("op", "prepare")]), 10.0);
+        assert_eq!(e.sum(ops, &[]), 11.0);
+        assert_eq!(e.sum("hologram_mounted_layers", &[]), 4.0);
+        assert_eq!(
+            e.sum("hologram_fetched_bytes_total", &[("source", "registry")]),
+            (3 << 20) as f64
+        );
+        let by_reason = e.by_label("hologram_remote_fallbacks_total", "reason");
+        assert_eq!(by_reason.get("not_estargz"), Some(&2.0));
+        assert_eq!(by_reason.get("disabled"), Some(&0.0));
+        assert!(e.sum("process_resident_memory_bytes", &[]) > 0.0);
+        // Every sample line was read.
+        let lines = text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .count();
+        assert_eq!(e.samples.len(), lines);
+        // 9 prepares took 4 ms, one 0.5 s: the p95 lies in the bucket (0.25,
+        // 0.5], the median in (0.0025, 0.005].
+        let p95 = e
+            .quantile(
+                "hologram_snapshotter_operation_duration_seconds",
+                0.95,
+                &[("op", "prepare")],
+            )
+            .unwrap();
+        assert!(p95 > 0.1 && p95 <= 0.5, "{p95}");
+        let p50 = e
+            .quantile(
+                "hologram_snapshotter_operation_duration_seconds",
+                0.5,
+                &[("op", "prepare")],
+            )
+            .unwrap();
+        assert!(p50 > 0.0025 && p50 <= 0.005, "{p50}");
+        assert_eq!(
+            e.quantile(
+                "hologram_snapshotter_operation_duration_seconds",
+                0.5,
+                &[("op", "view")]
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn summary_of_the_daemons_output() {
+        let m = busy_metrics();
+        let e = Exposition::parse(&m.encode()).unwrap();
+        let start = e.sum("process_start_time_seconds", &[]);
+        let out = render(&e, DEFAULT_METRICS_URL, start + 3725.0);
+        assert!(out.contains("uptime                 1h 2m"), "{out}");
+        assert!(out.contains("mounted layers         4"), "{out}");
+        assert!(
+            out.contains(
+                "fetched                4.0 MiB (cache 1.0 MiB, ctp96 0 B, registry 3.0 MiB)"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("served to readers      8.0 MiB"), "{out}");
+        assert!(out.contains("remote / served        37.5%"), "{out}");
+        assert!(out.contains("512.0 MiB / 2.0 GiB (25.0%)"), "{out}");
+        assert!(
+            out.contains("lookups                4 (hit ratio 75.0%)"),
+            "{out}"
+        );
+        assert!(out.contains("verification failures  1"), "{out}");
+        assert!(
+            out.contains("fallbacks              fetch_error 1, not_estargz 2"),
+            "{out}"
+        );
+        assert!(out.contains("fetch errors           1"), "{out}");
+        assert!(out.contains("7 chunks pending"), "{out}");
+        let prepare = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("prepare"))
+            .unwrap();
+        let cols: Vec<&str> = prepare.split_whitespace().collect();
+        assert_eq!(&cols[..3], &["prepare", "10", "1"], "{prepare}");
+        let commit = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("commit"))
+            .unwrap();
+        assert_eq!(
+            &commit.split_whitespace().collect::<Vec<_>>()[..3],
+            &["commit", "1", "0"]
+        );
+        assert!(!out.contains("  view "), "{out}");
+        assert!(out.contains("1 reads, 4.0 KiB returned"), "{out}");
+    }
+
+    #[test]
+    fn summary_of_a_fresh_daemon() {
+        let e = Exposition::parse(&Metrics::new().encode()).unwrap();
+        let out = render(&e, DEFAULT_METRICS_URL, unix_now());
+        assert!(out.contains("mounted layers         0"), "{out}");
+        assert!(out.contains("hit ratio -"), "{out}");
+        assert!(out.contains("fallbacks              none"), "{out}");
+        assert!(out.contains("none yet"), "{out}");
+    }
+
+    #[test]
+    fn parser_details() {
+        let text = "# HELP x_total Some help with \\\\ and \\n.\n\
+                    # TYPE x_total counter\n\
+                    x_total{a=\"q\\\"uo\\\\te\\n\",b=\"2\",} 3 1700000000000\n\
+                    \n\
+                    # a free comment\n\
+                    y -Inf\n\
+                    y_bucket{le=\"+Inf\"} 4\n\
+                    z NaN\n\
+                    w{ a = \"1\" } 1.5e3\n\
+                    # EOF\n";
+        let e = Exposition::parse(text).unwrap();
+        assert_eq!(e.types.get("x_total").map(String::as_str), Some("counter"));
+        assert_eq!(e.samples.len(), 5);
+        assert_eq!(
+            e.samples[0].labels.get("a").map(String::as_str),
+            Some("q\"uo\\te\n")
+        );
+        assert_eq!(e.samples[0].value, 3.0);
+        assert_eq!(e.samples[1].value, f64::NEG_INFINITY);
+        assert_eq!(
+            e.samples[2].labels.get("le").map(String::as_str),
+            Some("+Inf")
+        );
+        assert!(e.samples[3].value.is_nan());
+        assert_eq!(e.sum("w", &[("a", "1")]), 1500.0);
+
+        for bad in [
+            "x{a=\"1\"",
+            "x{a=1} 2",
+            "x",
+            "x 1 2 3x",
+            "{a=\"1\"} 2",
+            "x{=\"1\"} 2",
+            "x abc",
+        ] {
+            let err = Exposition::parse(bad).unwrap_err().to_string();
+            assert!(err.starts_with("line 1:"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn urls() {
+        let u = parse_url("http://127.0.0.1:8080/metrics").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("127.0.0.1", 8080, "/metrics")
+        );
+        let u = parse_url("localhost:9100").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("localhost", 9100, "/metrics")
+        );
+        let u = parse_url("http://[::1]:8080/m").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("::1", 8080, "/m")
+        );
+        let u = parse_url("http://example/x").unwrap();
+        assert_eq!(u.port, 80);
+        assert!(parse_url("https://127.0.0.1:8080/metrics").is_err());
+        assert!(parse_url("http://:8080/metrics").is_err());
+        assert!(parse_url("http://h:port/").is_err());
+    }
+
+    #[test]
+    fn http_responses() {
+        let (status, body) =
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").unwrap();
+        assert_eq!((status, body.as_slice()), (200, &b"hello"[..]));
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                    5\r\nhello\r\n7;x=y\r\n, world\r\n0\r\n\r\n";
+        let (_, body) = parse_response(raw).unwrap();
+        assert_eq!(body, b"hello, world");
+        let (status, _) = parse_response(b"HTTP/1.1 503 Service Unavailable\r\n\r\nno").unwrap();
+        assert_eq!(status, 503);
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort").is_err());
+        assert!(parse_response(b"SSH-2.0\r\n\r\n").is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fetches_from_a_live_endpoint() {
+        let metrics = busy_metrics();
+        let listener = hologram_telemetry::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let health: hologram_telemetry::HealthCheck =
+            std::sync::Arc::new(|| Err("store closed".into()));
+        let server = tokio::spawn(hologram_telemetry::serve_on(
+            listener,
+            metrics,
+            health,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let url = format!("http://{addr}/metrics");
+        let body = tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || http_get(&url, Duration::from_secs(5))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let e = Exposition::parse(&body).unwrap();
+        assert_eq!(e.sum("hologram_mounted_layers", &[]), 4.0);
+        // A non-200 answer is an error that carries the body.
+        let health_url = format!("http://{addr}/healthz");
+        let err =
+            tokio::task::spawn_blocking(move || http_get(&health_url, Duration::from_secs(5)))
+                .await
+                .unwrap()
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("HTTP 503") && err.contains("store closed"),
+            "{err}"
+        );
+        // The whole command.
+        run(StatusArgs {
+            metrics: url,
+            timeout: 5,
+            raw: false,
+        })
+        .await
+        .unwrap();
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+
+        // Nobody listening: a clear error.
+        let err = tokio::task::spawn_blocking(move || {
+            http_get(&format!("http://{addr}/metrics"), Duration::from_secs(2))
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("cannot connect"), "{err:#}");
+    }
+}

@@ -1,0 +1,346 @@
+//! The FUSE edge: a read-only filesystem over one [`Layer`]. Thin by design:
+//! metadata comes from the layer's index, file data from `Layer::read`.
+//!
+//! **read(2) on a lazily pulled file lands in [`LayerFs::read`].**
+//!
+//! The tree is immutable, so the kernel may cache everything: entries and
+//! attributes get long TTLs and files are opened with `FOPEN_KEEP_CACHE`,
+//! which keeps their pages across opens (a second read never reaches us).
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    SessionACL,
+};
+use hologram_estargz::{Node, NodeKind};
+
+use crate::layer::Layer;
+
+/// The layer never changes: let the kernel cache names and attributes.
+const TTL: Duration = Duration::from_secs(3600);
+const BLOCK: u32 = 4096;
+
+/// The filesystem handed to fuser.
+#[derive(Debug)]
+pub struct LayerFs {
+    layer: Arc<Layer>,
+}
+
+fn kind_of(k: NodeKind) -> FileType {
+    match k {
+        NodeKind::Dir => FileType::Directory,
+        NodeKind::Reg => FileType::RegularFile,
+        NodeKind::Symlink => FileType::Symlink,
+        NodeKind::Char => FileType::CharDevice,
+        NodeKind::Block => FileType::BlockDevice,
+        NodeKind::Fifo => FileType::NamedPipe,
+    }
+}
+
+fn time_of(secs: i64, nsecs: u32) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs.unsigned_abs(), nsecs)
+    } else {
+        UNIX_EPOCH
+            .checked_sub(Duration::new(secs.unsigned_abs(), 0))
+            .unwrap_or(UNIX_EPOCH)
+    }
+}
+
+/// Linux's `makedev`.
+fn makedev(major: u32, minor: u32) -> u32 {
+    ((major & 0xfff) << 8) | (minor & 0xff) | ((minor & !0xff) << 12)
+}
+
+/// The stat of `node`, as the kernel should see it.
+pub fn attr_of(node: &Node) -> FileAttr {
+    let t = time_of(node.mtime_secs, node.mtime_nsecs);
+    let size = match node.kind {
+        NodeKind::Symlink => node.link_target.as_ref().map_or(0, |l| l.len() as u64),
+        NodeKind::Dir => u64::from(BLOCK),
+        _ => node.size,
+    };
+    FileAttr {
+        ino: INodeNo(node.ino),
+        size,
+        blocks: size.div_ceil(512),
+        atime: t,
+        mtime: t,
+        ctime: t,
+        crtime: t,
+        kind: kind_of(node.kind),
+        perm: (node.mode & 0o7777) as u16,
+        nlink: node.nlink,
+        uid: node.uid,
+        gid: node.gid,
+        rdev: makedev(node.rdev_major, node.rdev_minor),
+        blksize: BLOCK,
+        flags: 0,
+    }
+}
+
+impl LayerFs {
+    pub fn new(layer: Arc<Layer>) -> Self {
+        LayerFs { layer }
+    }
+
+    fn node(&self, ino: INodeNo) -> Result<&Node, Errno> {
+        self.layer.index().node(ino.0).ok_or(Errno::ENOENT)
+    }
+}
+
+fn xattr_reply(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(u32::try_from(data.len()).unwrap_or(u32::MAX));
+    } else if data.len() <= size as usize {
+        reply.data(data);
+    } else {
+        reply.error(Errno::ERANGE);
+    }
+}
+
+impl Filesystem for LayerFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let _ = config.set_max_readahead(1024 * 1024);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let index = self.layer.index();
+        match index.lookup(parent.0, name).and_then(|ino| index.node(ino)) {
+            Some(node) => reply.entry(&TTL, &attr_of(node), Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.node(ino) {
+            Ok(node) => reply.attr(&TTL, &attr_of(node)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.node(ino) {
+            Ok(Node {
+                kind: NodeKind::Symlink,
+                link_target: Some(t),
+                ..
+            }) => {
+                reply.data(std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str()));
+            }
+            Ok(_) => reply.error(Errno::EINVAL),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.node(ino) {
+            Ok(n) if n.kind == NodeKind::Dir => reply.error(Errno::EISDIR),
+            Ok(_) if flags.acc_mode() != OpenAccMode::O_RDONLY => reply.error(Errno::EROFS),
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.layer.read(ino.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => {
+                tracing::warn!(layer = %self.layer.digest(), ino = ino.0, offset, size, error = %e, "read failed: EIO");
+                reply.error(Errno::EIO);
+            }
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok(); // nothing is ever written
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.node(ino) {
+            Ok(n) if n.kind == NodeKind::Dir => {
+                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
+            }
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let index = self.layer.index();
+        let node = match self.node(ino) {
+            Ok(n) if n.kind == NodeKind::Dir => n,
+            Ok(_) => return reply.error(Errno::ENOTDIR),
+            Err(e) => return reply.error(e),
+        };
+        // Offsets: 1 = after ".", 2 = after "..", 2 + i + 1 = after child i.
+        let mut next = offset;
+        if next == 0 {
+            if reply.add(ino, 1, FileType::Directory, ".") {
+                return reply.ok();
+            }
+            next = 1;
+        }
+        if next == 1 {
+            if reply.add(INodeNo(node.parent), 2, FileType::Directory, "..") {
+                return reply.ok();
+            }
+            next = 2;
+        }
+        let children = index.children(ino.0);
+        let start = usize::try_from(next - 2).unwrap_or(usize::MAX);
+        for (i, (name, child)) in children.iter().enumerate().skip(start) {
+            let kind = index
+                .node(*child)
+                .map_or(FileType::RegularFile, |n| kind_of(n.kind));
+            if reply.add(INodeNo(*child), (i + 3) as u64, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let index = self.layer.index();
+        let bytes: u64 = (1..=index.len() as u64)
+            .filter_map(|i| index.node(i))
+            .map(|n| n.size)
+            .sum();
+        let files = index.len() as u64;
+        reply.statfs(
+            bytes.div_ceil(u64::from(BLOCK)),
+            0,
+            0,
+            files,
+            0,
+            BLOCK,
+            255,
+            BLOCK,
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.node(ino) {
+            Ok(n) => match n.xattrs.get(name) {
+                Some(v) => xattr_reply(reply, size, v),
+                None => reply.error(Errno::NO_XATTR),
+            },
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.node(ino) {
+            Ok(n) => {
+                let mut list = Vec::new();
+                for k in n.xattrs.keys() {
+                    list.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(k.as_os_str()));
+                    list.push(0);
+                }
+                xattr_reply(reply, size, &list);
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+/// A mounted layer; dropping it unmounts (lazily) and stops its warm-up.
+pub struct MountedLayer {
+    layer: Arc<Layer>,
+    session: Option<fuser::BackgroundSession>,
+}
+
+impl std::fmt::Debug for MountedLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountedLayer")
+            .field("layer", &self.layer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MountedLayer {
+    pub fn layer(&self) -> &Arc<Layer> {
+        &self.layer
+    }
+}
+
+impl Drop for MountedLayer {
+    fn drop(&mut self) {
+        self.layer.close();
+        // Dropping the session detaches the mount (MNT_DETACH) without waiting
+        // for its thread: files a process still holds open keep the
+        // connection alive until they are closed, and shutdown must not hang
+        // on them.
+        drop(self.session.take());
+    }
+}
+
+/// Mounts `layer` read-only at `mountpoint` and starts its prefetch and
+/// background fetch on a thread of their own.
+pub fn mount(layer: Arc<Layer>, mountpoint: &Path, threads: usize) -> io::Result<MountedLayer> {
+    let mut cfg = Config::default();
+    cfg.mount_options = vec![
+        MountOption::FSName(format!("hologram:{}", layer.digest())),
+        MountOption::Subtype("hologram".into()),
+        MountOption::RO,
+        MountOption::DefaultPermissions,
+    ];
+    // Containers run as any user: let every uid in, the kernel checks modes.
+    cfg.acl = SessionACL::All;
+    cfg.n_threads = Some(threads.max(1));
+    cfg.clone_fd = true;
+    let session = fuser::spawn_mount(LayerFs::new(Arc::clone(&layer)), mountpoint, &cfg)?;
+    let warm = Arc::clone(&layer);
+    std::thread::Builder::new()
+        .name("hologram-warm".into())
+        .spawn(move || warm.warm())?;
+    Ok(MountedLayer {
+        layer,
+        session: Some(session),
+    })
+}

@@ -1,0 +1,566 @@
+//! One lazily fetched layer: its validated index, where its bytes come from,
+//! and the read path that turns (file, offset, length) into verified bytes.
+//!
+//! Read path, in order: find the chunks that cover the range → for each chunk
+//! not in the [`ChunkCache`], fetch its compressed bytes (merged with adjacent
+//! missing chunks into one range request, within a window) → decompress and
+//! check the chunk digest (`hologram_estargz::decompress_chunk`; a mismatch is
+//! an error, counted, and never cached) → store → copy the requested slice.
+//!
+//! Fetches are single-flight per chunk: a reader that needs a chunk another
+//! thread is fetching waits for that fetch instead of issuing its own, so many
+//! readers never storm a slow registry. Every wait and every fetch is bounded
+//! by `fetch_timeout`: a dead registry gives an error (EIO) in bounded time.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use hologram_estargz::{decompress_chunk, Chunk, Index, NodeKind};
+use hologram_remote::BlobSource;
+
+use crate::cache::ChunkCache;
+
+/// Tunables of the read path.
+#[derive(Debug, Clone)]
+pub struct LayerConfig {
+    /// Bound on one fetch (including the source's retries) and on waiting for
+    /// another reader's fetch. Peers default to minutes; we default to 30 s.
+    pub fetch_timeout: Duration,
+    /// On a miss, also fetch following adjacent chunks (blob order) that are
+    /// not cached, up to this many extra compressed bytes: eStargz puts files
+    /// used together next to each other, and a request costs a round trip.
+    pub readaround: u64,
+    /// Largest single range request.
+    pub max_request: u64,
+    /// Fetch the files before the prefetch landmark at mount.
+    pub prefetch: bool,
+    /// Fetch the rest of the layer in the background.
+    pub background_fetch: bool,
+    /// Background fetch rate limit in bytes per second (0 = unlimited).
+    pub background_rate: u64,
+}
+
+impl Default for LayerConfig {
+    fn default() -> Self {
+        LayerConfig {
+            fetch_timeout: Duration::from_secs(30),
+            readaround: 512 * 1024,
+            max_request: 8 * 1024 * 1024,
+            prefetch: true,
+            background_fetch: true,
+            background_rate: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why a read failed. All of these become EIO at the FUSE edge.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("no such inode {0}")]
+    NoInode(u64),
+    #[error("inode {0} is not a regular file")]
+    NotFile(u64),
+    #[error("fetching {what} of layer {layer} failed: {msg}")]
+    Fetch {
+        layer: String,
+        what: String,
+        msg: String,
+    },
+    #[error("chunk {digest} of layer {layer} failed verification: {msg}")]
+    Verify {
+        layer: String,
+        digest: String,
+        msg: String,
+    },
+    #[error("timed out after {0:?} waiting for layer data")]
+    Timeout(Duration),
+    #[error("chunk cache: {0}")]
+    Cache(#[from] std::io::Error),
+}
+
+/// Per-layer counters (the daemon exports them as metrics).
+#[derive(Debug, Default)]
+pub struct LayerStats {
+    /// Compressed bytes received from the source.
+    pub bytes_fetched: AtomicU64,
+    /// Range requests sent.
+    pub requests: AtomicU64,
+    /// Uncompressed bytes returned to readers.
+    pub bytes_served: AtomicU64,
+    pub verify_failures: AtomicU64,
+    pub fetch_failures: AtomicU64,
+    /// Compressed bytes fetched by prefetch / background fetch.
+    pub prefetched_bytes: AtomicU64,
+    pub background_bytes: AtomicU64,
+    /// Chunks of this layer that are not yet cached (for progress).
+    pub chunks_total: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Flight {
+    done: Mutex<Option<Result<(), String>>>,
+    cv: Condvar,
+}
+
+impl Flight {
+    fn finish(&self, r: Result<(), String>) {
+        if let Ok(mut d) = self.done.lock() {
+            *d = Some(r);
+        }
+        self.cv.notify_all();
+    }
+
+    fn wait(&self, deadline: Instant) -> Option<Result<(), String>> {
+        let mut d = self.done.lock().ok()?;
+        loop {
+            if let Some(r) = d.as_ref() {
+                return Some(r.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            d = self.cv.wait_timeout(d, deadline - now).ok()?.0;
+        }
+    }
+}
+
+/// Who asked for a fetch, for accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Read,
+    Prefetch,
+    Background,
+}
+
+/// See the module documentation.
+pub struct Layer {
+    index: Index,
+    source: Arc<dyn BlobSource>,
+    cache: Arc<ChunkCache>,
+    rt: tokio::runtime::Handle,
+    cfg: LayerConfig,
+    /// Every chunk, in blob order: (inode, chunk index in the node).
+    order: Vec<(u64, usize)>,
+    inflight: Mutex<HashMap<u64, Arc<Flight>>>,
+    closed: AtomicBool,
+    pub stats: LayerStats,
+}
+
+impl std::fmt::Debug for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Layer")
+            .field("digest", &self.source.digest())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Layer {
+    /// A layer over an already validated index.
+    pub fn new(
+        index: Index,
+        source: Arc<dyn BlobSource>,
+        cache: Arc<ChunkCache>,
+        rt: tokio::runtime::Handle,
+        cfg: LayerConfig,
+    ) -> Layer {
+        let mut order: Vec<(u64, usize, u64)> = Vec::new();
+        for (ino, c) in index.all_chunks() {
+            if let Some(node) = index.node(ino) {
+                if let Some(i) = node.chunks.iter().position(|x| std::ptr::eq(x, c)) {
+                    order.push((ino, i, c.blob_offset));
+                }
+            }
+        }
+        order.sort_by_key(|(_, _, off)| *off);
+        let stats = LayerStats::default();
+        stats
+            .chunks_total
+            .store(order.len() as u64, Ordering::Relaxed);
+        Layer {
+            index,
+            source,
+            cache,
+            rt,
+            cfg,
+            order: order.into_iter().map(|(ino, i, _)| (ino, i)).collect(),
+            inflight: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            stats,
+        }
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    pub fn digest(&self) -> &str {
+        self.source.digest()
+    }
+
+    pub fn source_kind(&self) -> &'static str {
+        self.source.source_kind()
+    }
+
+    pub fn cache(&self) -> &ChunkCache {
+        &self.cache
+    }
+
+    /// Stops prefetch/background work (at unmount).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+
+    fn chunk_at(&self, pos: usize) -> Option<&Chunk> {
+        let (ino, i) = *self.order.get(pos)?;
+        self.index.node(ino)?.chunks.get(i)
+    }
+
+    fn pos_of(&self, chunk: &Chunk) -> Option<usize> {
+        self.order
+            .binary_search_by_key(&chunk.blob_offset, |(ino, i)| {
+                self.index
+                    .node(*ino)
+                    .and_then(|n| n.chunks.get(*i))
+                    .map_or(0, |c| c.blob_offset)
+            })
+            .ok()
+    }
+
+    /// Reads up to `size` bytes at `offset` of regular file `ino`.
+    pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, ReadError> {
+        let node = self.index.node(ino).ok_or(ReadError::NoInode(ino))?;
+        if node.kind != NodeKind::Reg {
+            return Err(ReadError::NotFile(ino));
+        }
+        let end = node.size.min(offset.saturating_add(u64::from(size)));
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let first = node
+            .chunks
+            .partition_point(|c| c.file_offset + c.size <= offset);
+        let wanted: Vec<&Chunk> = node.chunks[first..]
+            .iter()
+            .take_while(|c| c.file_offset < end)
+            .collect();
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for c in wanted {
+            let from = offset.max(c.file_offset) - c.file_offset;
+            let to = end.min(c.file_offset + c.size) - c.file_offset;
+            let len = (to - from) as usize;
+            let mut tries = 0;
+            loop {
+                self.ensure(c, Purpose::Read)?;
+                if self.cache.read_into(&c.digest, from, len, &mut out)? {
+                    break;
+                }
+                // evicted between fetch and read: fetch once more
+                tries += 1;
+                if tries > 2 {
+                    return Err(ReadError::Fetch {
+                        layer: self.digest().to_owned(),
+                        what: c.digest.clone(),
+                        msg: "chunk cache evicted the chunk before it could be read; is the cache too small?".into(),
+                    });
+                }
+            }
+        }
+        self.stats
+            .bytes_served
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Makes sure `chunk` is in the cache, fetching it (and a read-around
+    /// window after it) if needed.
+    fn ensure(&self, chunk: &Chunk, purpose: Purpose) -> Result<(), ReadError> {
+        if self.cache.contains(&chunk.digest) {
+            return Ok(());
+        }
+        let Some(pos) = self.pos_of(chunk) else {
+            return Err(ReadError::Fetch {
+                layer: self.digest().to_owned(),
+                what: chunk.digest.clone(),
+                msg: "chunk not in the layer index".into(),
+            });
+        };
+        let mut span = vec![pos];
+        let mut extra = 0;
+        let mut next = pos + 1;
+        while let (Some(prev), Some(c)) = (self.chunk_at(next - 1), self.chunk_at(next)) {
+            if prev.blob_offset + prev.blob_len != c.blob_offset
+                || extra + c.blob_len > self.cfg.readaround
+                || self.cache.contains(&c.digest)
+            {
+                break;
+            }
+            extra += c.blob_len;
+            span.push(next);
+            next += 1;
+        }
+        self.fetch_positions(&span, purpose)?;
+        // The chunk we need may have been claimed by another reader.
+        if self.cache.contains(&chunk.digest) {
+            return Ok(());
+        }
+        self.wait_for(chunk)
+    }
+
+    fn wait_for(&self, chunk: &Chunk) -> Result<(), ReadError> {
+        let flight = self
+            .inflight
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&chunk.blob_offset).cloned());
+        let Some(flight) = flight else {
+            // Not cached and nobody fetching: fetch it alone.
+            let pos = self.pos_of(chunk).unwrap_or(usize::MAX);
+            self.fetch_positions(&[pos], Purpose::Read)?;
+            return if self.cache.contains(&chunk.digest) {
+                Ok(())
+            } else {
+                self.wait_for_flight_only(chunk)
+            };
+        };
+        self.finish_wait(&flight, chunk)
+    }
+
+    fn wait_for_flight_only(&self, chunk: &Chunk) -> Result<(), ReadError> {
+        match self
+            .inflight
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&chunk.blob_offset).cloned())
+        {
+            Some(f) => self.finish_wait(&f, chunk),
+            None => Err(ReadError::Fetch {
+                layer: self.digest().to_owned(),
+                what: chunk.digest.clone(),
+                msg: "chunk could not be fetched".into(),
+            }),
+        }
+    }
+
+    fn finish_wait(&self, flight: &Flight, chunk: &Chunk) -> Result<(), ReadError> {
+        let deadline = Instant::now() + self.cfg.fetch_timeout + Duration::from_secs(1);
+        match flight.wait(deadline) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(msg)) => Err(ReadError::Fetch {
+                layer: self.digest().to_owned(),
+                what: chunk.digest.clone(),
+                msg,
+            }),
+            None => Err(ReadError::Timeout(self.cfg.fetch_timeout)),
+        }
+    }
+
+    /// Claims the chunks at `positions` that are neither cached nor in flight,
+    /// fetches them in contiguous runs, verifies, caches, and wakes waiters.
+    /// Returns the first error among the chunks this call fetched.
+    fn fetch_positions(&self, positions: &[usize], purpose: Purpose) -> Result<(), ReadError> {
+        let mut mine: Vec<(usize, Arc<Flight>)> = Vec::new();
+        {
+            let Ok(mut inflight) = self.inflight.lock() else {
+                return Err(ReadError::Fetch {
+                    layer: self.digest().to_owned(),
+                    what: "chunks".into(),
+                    msg: "lock poisoned".into(),
+                });
+            };
+            for &p in positions {
+                let Some(c) = self.chunk_at(p) else { continue };
+                if self.cache.contains(&c.digest) || inflight.contains_key(&c.blob_offset) {
+                    continue;
+                }
+                let f = Arc::new(Flight::default());
+                inflight.insert(c.blob_offset, Arc::clone(&f));
+                mine.push((p, f));
+            }
+        }
+        let mut first_err = None;
+        let mut i = 0;
+        while i < mine.len() {
+            // a run of blob-contiguous chunks within max_request
+            let mut j = i + 1;
+            while j < mine.len() {
+                let (Some(a), Some(b)) = (self.chunk_at(mine[j - 1].0), self.chunk_at(mine[j].0))
+                else {
+                    break;
+                };
+                let start = self.chunk_at(mine[i].0).map_or(0, |c| c.blob_offset);
+                if a.blob_offset + a.blob_len != b.blob_offset
+                    || b.blob_offset + b.blob_len - start > self.cfg.max_request
+                {
+                    break;
+                }
+                j += 1;
+            }
+            if let Err(e) = self.fetch_run(&mine[i..j], purpose) {
+                first_err.get_or_insert(e);
+            }
+            i = j;
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn fetch_run(&self, run: &[(usize, Arc<Flight>)], purpose: Purpose) -> Result<(), ReadError> {
+        let chunks: Vec<&Chunk> = run.iter().filter_map(|(p, _)| self.chunk_at(*p)).collect();
+        let (Some(first), Some(last)) = (chunks.first(), chunks.last()) else {
+            return Ok(());
+        };
+        let range: Range<u64> = first.blob_offset..last.blob_offset + last.blob_len;
+        let len = range.end - range.start;
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let res = self.rt.block_on(async {
+            tokio::time::timeout(
+                self.cfg.fetch_timeout,
+                self.source.read_at(range.start, len),
+            )
+            .await
+        });
+        let data = match res {
+            Ok(Ok(d)) if d.len() as u64 == len => d,
+            other => {
+                let msg = match other {
+                    Ok(Ok(d)) => format!("short read: {} of {len} bytes", d.len()),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no answer within {:?}", self.cfg.fetch_timeout),
+                };
+                self.stats.fetch_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(layer = %self.digest(), offset = range.start, len, error = %msg, "fetch failed");
+                self.complete(run, Err(msg.clone()));
+                return Err(ReadError::Fetch {
+                    layer: self.digest().to_owned(),
+                    what: format!("bytes {}..{}", range.start, range.end),
+                    msg,
+                });
+            }
+        };
+        self.stats.bytes_fetched.fetch_add(len, Ordering::Relaxed);
+        match purpose {
+            Purpose::Prefetch => self
+                .stats
+                .prefetched_bytes
+                .fetch_add(len, Ordering::Relaxed),
+            Purpose::Background => self
+                .stats
+                .background_bytes
+                .fetch_add(len, Ordering::Relaxed),
+            Purpose::Read => 0,
+        };
+        let mut first_err = None;
+        for ((_, flight), c) in run.iter().zip(&chunks) {
+            let lo = (c.blob_offset - range.start) as usize;
+            let hi = lo + c.blob_len as usize;
+            let r = match data.get(lo..hi).map(|b| decompress_chunk(c, b)) {
+                Some(Ok(bytes)) => self
+                    .cache
+                    .put(&c.digest, &bytes)
+                    .map_err(|e| format!("cache write: {e}")),
+                Some(Err(e)) => {
+                    self.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(layer = %self.digest(), chunk = %c.digest, error = %e, "chunk failed verification; not cached");
+                    first_err.get_or_insert(ReadError::Verify {
+                        layer: self.digest().to_owned(),
+                        digest: c.digest.clone(),
+                        msg: e.to_string(),
+                    });
+                    Err(format!("verification failed: {e}"))
+                }
+                None => Err("range shorter than the chunk".to_owned()),
+            };
+            if let (Err(m), None) = (&r, &first_err) {
+                first_err = Some(ReadError::Fetch {
+                    layer: self.digest().to_owned(),
+                    what: c.digest.clone(),
+                    msg: m.clone(),
+                });
+            }
+            flight.finish(r);
+            if let Ok(mut m) = self.inflight.lock() {
+                m.remove(&c.blob_offset);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn complete(&self, run: &[(usize, Arc<Flight>)], r: Result<(), String>) {
+        let mut m = self.inflight.lock().ok();
+        for (p, f) in run {
+            f.finish(r.clone());
+            if let (Some(m), Some(c)) = (m.as_mut(), self.chunk_at(*p)) {
+                m.remove(&c.blob_offset);
+            }
+        }
+    }
+
+    /// Prefetch (chunks before the landmark), then background fetch (the rest,
+    /// rate limited), as configured. Runs until done or [`Layer::close`].
+    pub fn warm(&self) {
+        let n = self.order.len();
+        let prefetch_end = if self.cfg.prefetch {
+            self.index.prefetch_end()
+        } else {
+            None
+        };
+        let split = prefetch_end.map_or(0, |end| {
+            self.order.partition_point(|(ino, i)| {
+                self.index
+                    .node(*ino)
+                    .and_then(|x| x.chunks.get(*i))
+                    .is_some_and(|c| c.blob_offset < end)
+            })
+        });
+        if split > 0 {
+            let t = Instant::now();
+            self.fetch_sequential(0..split, Purpose::Prefetch, 0);
+            tracing::info!(layer = %self.digest(), chunks = split, elapsed = ?t.elapsed(), "prefetch done");
+        }
+        if self.cfg.background_fetch && split < n {
+            self.fetch_sequential(split..n, Purpose::Background, self.cfg.background_rate);
+            tracing::debug!(layer = %self.digest(), "background fetch done");
+        }
+    }
+
+    fn fetch_sequential(&self, positions: Range<usize>, purpose: Purpose, rate: u64) {
+        let started = Instant::now();
+        let mut sent = 0u64;
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0u64;
+        for p in positions {
+            if self.closed.load(Ordering::Relaxed) {
+                return;
+            }
+            let Some(c) = self.chunk_at(p) else { continue };
+            if self.cache.contains(&c.digest) {
+                continue;
+            }
+            batch.push(p);
+            batch_bytes += c.blob_len;
+            if batch_bytes >= self.cfg.max_request {
+                sent += batch_bytes;
+                let _ = self.fetch_positions(&batch, purpose);
+                batch.clear();
+                batch_bytes = 0;
+                throttle(started, sent, rate);
+            }
+        }
+        if !batch.is_empty() && !self.closed.load(Ordering::Relaxed) {
+            let _ = self.fetch_positions(&batch, purpose);
+        }
+    }
+}
+
+fn throttle(started: Instant, sent: u64, rate: u64) {
+    if rate == 0 {
+        return;
+    }
+    let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+    if let Some(wait) = due.checked_sub(started.elapsed()) {
+        std::thread::sleep(wait);
+    }
+}

@@ -1,0 +1,100 @@
+//! Lazily fetched, verified, read-only layer filesystems.
+//!
+//! * [`layer`] — the read path: chunks, single-flight fetches, verification,
+//!   prefetch and background fetch;
+//! * [`cache`] — the on-disk chunk cache shared by all layers;
+//! * [`fuse`] — the FUSE edge (`LayerFs`; read(2) lands in `LayerFs::read`)
+//!   and `mount`.
+//!
+//! Nothing here knows about containerd; the snapshotter decides what to mount.
+
+pub mod cache;
+pub mod fuse;
+pub mod layer;
+
+use hologram_estargz::{decode_toc, parse_footer, Index, FOOTER_SIZE};
+use hologram_remote::BlobSource;
+
+/// Largest compressed TOC region we fetch.
+pub const MAX_TOC_REGION: u64 = 64 * 1024 * 1024;
+
+/// Why a layer could not be opened for lazy serving.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("layer {digest} is {size} bytes, too small to be eStargz")]
+    TooSmall { digest: String, size: u64 },
+    #[error("fetching {what} of layer {digest}: {source}")]
+    Fetch {
+        digest: String,
+        what: &'static str,
+        source: hologram_remote::Error,
+    },
+    #[error("layer {digest} is not a valid eStargz blob: {source}")]
+    Format {
+        digest: String,
+        source: hologram_estargz::Error,
+    },
+    #[error("layer {digest}: TOC region of {len} bytes at offset {offset} is out of bounds or over {MAX_TOC_REGION} bytes")]
+    TocBounds {
+        digest: String,
+        offset: u64,
+        len: u64,
+    },
+}
+
+/// Fetches footer and TOC of an eStargz blob by range, checks the TOC
+/// against `toc_digest` (from the manifest's layer annotation) and builds
+/// the validated index. Two range requests. Also returns the compressed TOC
+/// region, which the caller may keep so a restart needs no network.
+pub async fn load_index(
+    source: &dyn BlobSource,
+    toc_digest: &str,
+) -> Result<(Index, Vec<u8>), LoadError> {
+    let digest = source.digest().to_owned();
+    let size = source.size();
+    if size < FOOTER_SIZE {
+        return Err(LoadError::TooSmall { digest, size });
+    }
+    let footer = source
+        .read_at(size - FOOTER_SIZE, FOOTER_SIZE)
+        .await
+        .map_err(|e| LoadError::Fetch {
+            digest: digest.clone(),
+            what: "footer",
+            source: e,
+        })?;
+    let toc_offset = parse_footer(&footer).map_err(|e| LoadError::Format {
+        digest: digest.clone(),
+        source: e,
+    })?;
+    let end = size - FOOTER_SIZE;
+    let len = end.saturating_sub(toc_offset);
+    if toc_offset >= end || len > MAX_TOC_REGION {
+        return Err(LoadError::TocBounds {
+            digest,
+            offset: toc_offset,
+            len,
+        });
+    }
+    let region = source
+        .read_at(toc_offset, len)
+        .await
+        .map_err(|e| LoadError::Fetch {
+            digest: digest.clone(),
+            what: "TOC",
+            source: e,
+        })?;
+    let index = index_from_region(&region, toc_digest, size)
+        .map_err(|e| LoadError::Format { digest, source: e })?;
+    Ok((index, region.to_vec()))
+}
+
+/// Decodes a TOC region, checks it against `toc_digest`, builds the index.
+pub fn index_from_region(
+    region: &[u8],
+    toc_digest: &str,
+    blob_size: u64,
+) -> Result<Index, hologram_estargz::Error> {
+    let (toc, _) = decode_toc(region, Some(toc_digest))?;
+    Index::build(&toc, blob_size)
+}

@@ -1,0 +1,738 @@
+//! Prometheus metrics for hologram-snapshotter, and the small HTTP endpoint
+//! that serves them.
+//!
+//! * [`Metrics`] owns a `prometheus_client` registry in which every metric
+//!   family is declared up front, so that a scrape right after start-up
+//!   already shows each family (`# HELP` / `# TYPE`) and the label sets that
+//!   are known in advance with the value 0.
+//! * Gauges that describe the daemon's state (mounted layers, cache use, ...)
+//!   are read at scrape time through a callback ([`Metrics::set_collector`]).
+//! * [`serve`] (or [`bind`] + [`serve_on`]) answers `/metrics` in the
+//!   Prometheus text format 0.0.4 and `/healthz` from a health callback.
+//!
+//! Labels are kept to small fixed sets: label values are checked by
+//! [`label_value`] and anything unexpected (too long, odd characters — a
+//! digest, a path) is reported as `"other"`.
+
+use std::sync::{Arc, RwLock};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+mod process;
+mod server;
+
+pub use server::{
+    bind, parse_listen, serve, serve_on, HealthCheck, TelemetryError, DEFAULT_METRICS_ADDRESS,
+};
+
+/// `Content-Type` of what [`Metrics::encode`] returns (Prometheus text
+/// format 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// The `result` label of a successful operation.
+pub const RESULT_OK: &str = "ok";
+/// The `result` label of a failed operation.
+pub const RESULT_ERROR: &str = "error";
+/// What a label value that is not acceptable is replaced with.
+pub const OTHER: &str = "other";
+
+/// The snapshotter gRPC operations (containerd's Snapshots service).
+pub const SNAPSHOTTER_OPS: &[&str] = &[
+    "prepare", "view", "mounts", "commit", "remove", "stat", "update", "list", "usage", "cleanup",
+];
+/// The FUSE operations whose series exist from start-up.
+pub const FUSE_OPS: &[&str] = &[
+    "lookup",
+    "getattr",
+    "open",
+    "read",
+    "readdir",
+    "readlink",
+    "getxattr",
+    "listxattr",
+    "statfs",
+];
+/// Where remote bytes come from (`source` label).
+pub const FETCH_SOURCES: &[&str] = &["registry", "ctp96", "cache"];
+/// The reasons a layer is not mounted remotely (`reason` label of
+/// `hologram_remote_fallbacks_total`); any other reason is counted as
+/// `"other"`.
+pub const FALLBACK_REASONS: &[&str] = &[
+    "no_labels",
+    "not_estargz",
+    "fetch_error",
+    "disabled",
+    "mount_error",
+    "other",
+];
+
+/// Longest label value accepted as is.
+const MAX_LABEL_LEN: usize = 40;
+
+/// `"ok"` or `"error"` for a result.
+pub fn result_label<T, E>(r: &Result<T, E>) -> &'static str {
+    if r.is_ok() {
+        RESULT_OK
+    } else {
+        RESULT_ERROR
+    }
+}
+
+/// `v` when it is a short, plain label value (ASCII letters, digits, `_`,
+/// `-`, `.`, at most 40 bytes, not empty), else `"other"`. This keeps a
+/// digest, a path or an error message out of the label space.
+pub fn label_value(v: &str) -> &str {
+    let plain = !v.is_empty()
+        && v.len() <= MAX_LABEL_LEN
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if plain {
+        v
+    } else {
+        OTHER
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpResult {
+    op: String,
+    result: String,
+}
+
+impl OpResult {
+    fn new(op: &str, result: &str) -> Self {
+        OpResult {
+            op: label_value(op).to_owned(),
+            result: label_value(result).to_owned(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceResult {
+    source: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HintLabel {
+    hint: String,
+}
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Buckets (seconds) of the snapshotter operation latency: 0.5 ms .. 60 s.
+const OP_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+/// Buckets (seconds) of a FUSE read: 50 µs .. 10 s (a cold read waits for the
+/// network).
+const FUSE_READ_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+/// Buckets (seconds) of one remote fetch: 1 ms .. 60 s.
+const FETCH_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+fn op_histogram() -> Histogram {
+    Histogram::new(OP_BUCKETS.iter().copied())
+}
+
+fn fuse_read_histogram() -> Histogram {
+    Histogram::new(FUSE_READ_BUCKETS.iter().copied())
+}
+
+fn fetch_histogram() -> Histogram {
+    Histogram::new(FETCH_BUCKETS.iter().copied())
+}
+
+/// A family that is declared (`# HELP`, `# TYPE`) even while it has no
+/// series yet; `prometheus_client` leaves empty families out otherwise.
+#[derive(Debug)]
+struct Declared<F>(F);
+
+impl<F: EncodeMetric> EncodeMetric for Declared<F> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+}
+
+/// Creates the series `labels` of `family` (with the value 0).
+fn seed<S, M, C>(family: &Family<S, M, C>, labels: &S)
+where
+    S: Clone + std::hash::Hash + Eq,
+    C: prometheus_client::metrics::family::MetricConstructor<M>,
+{
+    drop(family.get_or_create(labels));
+}
+
+/// Values the daemon fills in from its state at each scrape (see
+/// [`Metrics::set_collector`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GaugeSnapshot {
+    /// Remote layers mounted now (`hologram_mounted_layers`).
+    pub mounted_layers: u64,
+    /// Bytes held in the chunk cache (`hologram_cache_bytes`).
+    pub cache_bytes: u64,
+    /// The chunk cache's limit (`hologram_cache_limit_bytes`).
+    pub cache_limit_bytes: u64,
+    /// Bytes prefetched since start, monotonic (`hologram_prefetch_bytes_total`).
+    pub prefetch_bytes: u64,
+    /// Bytes fetched in the background (`hologram_background_fetch_bytes`).
+    pub background_fetch_bytes: u64,
+    /// Chunks still waiting for a background fetch
+    /// (`hologram_background_pending_chunks`).
+    pub background_pending_chunks: u64,
+    /// Bytes served to readers since start, monotonic
+    /// (`hologram_served_bytes_total`).
+    pub bytes_served: u64,
+}
+
+type CollectFn = Box<dyn Fn(&mut GaugeSnapshot) + Send + Sync>;
+
+/// The scrape-time part: the daemon's gauges and the process metrics.
+struct StateCollector {
+    callback: Arc<RwLock<Option<CollectFn>>>,
+    /// Unix time the process started, computed once.
+    start_time: f64,
+}
+
+impl std::fmt::Debug for StateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateCollector")
+            .field("start_time", &self.start_time)
+            .finish_non_exhaustive()
+    }
+}
+
+fn encode_gauge<V>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: V,
+) -> Result<(), std::fmt::Error>
+where
+    ConstGauge<V>: EncodeMetric,
+{
+    let gauge = ConstGauge::new(value);
+    let metric_encoder = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+    gauge.encode(metric_encoder)
+}
+
+fn encode_counter<V>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: V,
+) -> Result<(), std::fmt::Error>
+where
+    ConstCounter<V>: EncodeMetric,
+{
+    let counter = ConstCounter::new(value);
+    let metric_encoder = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+    counter.encode(metric_encoder)
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut s = GaugeSnapshot::default();
+        {
+            let guard = self
+                .callback
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(f) = guard.as_ref() {
+                f(&mut s);
+            }
+        }
+        let e = &mut encoder;
+        encode_gauge(
+            e,
+            "hologram_mounted_layers",
+            "Remote layers mounted now.",
+            s.mounted_layers,
+        )?;
+        encode_gauge(
+            e,
+            "hologram_cache_bytes",
+            "Bytes held in the chunk cache.",
+            s.cache_bytes,
+        )?;
+        encode_gauge(
+            e,
+            "hologram_cache_limit_bytes",
+            "Size limit of the chunk cache.",
+            s.cache_limit_bytes,
+        )?;
+        encode_counter(
+            e,
+            "hologram_prefetch_bytes",
+            "Bytes prefetched since start.",
+            s.prefetch_bytes,
+        )?;
+        encode_gauge(
+            e,
+            "hologram_background_fetch_bytes",
+            "Bytes fetched by the background fetcher.",
+            s.background_fetch_bytes,
+        )?;
+        encode_gauge(
+            e,
+            "hologram_background_pending_chunks",
+            "Chunks waiting for the background fetcher.",
+            s.background_pending_chunks,
+        )?;
+        encode_counter(
+            e,
+            "hologram_served_bytes",
+            "Bytes served to readers of remote layers since start.",
+            s.bytes_served,
+        )?;
+
+        let p = process::sample();
+        encode_gauge(
+            e,
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            p.resident_bytes,
+        )?;
+        encode_gauge(
+            e,
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            self.start_time,
+        )?;
+        encode_counter(
+            e,
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds.",
+            p.cpu_seconds,
+        )?;
+        encode_gauge(
+            e,
+            "process_open_fds",
+            "Number of open file descriptors.",
+            p.open_fds,
+        )?;
+        Ok(())
+    }
+}
+
+/// The daemon's metrics. Cheap to call from any thread; share it as
+/// `Arc<Metrics>`.
+pub struct Metrics {
+    registry: Registry,
+    collector: Arc<RwLock<Option<CollectFn>>>,
+    snapshotter_ops: Family<OpResult, Counter>,
+    snapshotter_duration: HistogramFamily<OpLabel>,
+    fuse_ops: Family<OpResult, Counter>,
+    fuse_read_duration: HistogramFamily<ResultLabel>,
+    fuse_read_bytes: Counter,
+    resolver_ops: Family<OpResult, Counter>,
+    witness_ops: Family<OpResult, Counter>,
+    ctp96_ops: Family<OpResult, Counter>,
+    content_ops: Family<OpResult, Counter>,
+    remote_fetch_duration: HistogramFamily<SourceLabel>,
+    remote_fetches: Family<SourceResult, Counter>,
+    fetched_bytes: Family<SourceLabel, Counter>,
+    cache_requests: Family<ResultLabel, Counter>,
+    verification_failures: Counter,
+    fallbacks: Family<ReasonLabel, Counter>,
+    energy_hints: Family<HintLabel, FloatGauge>,
+    lease_duration: FloatGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric family declared.
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::default();
+
+        let snapshotter_ops = Family::<OpResult, Counter>::default();
+        registry.register(
+            "hologram_snapshotter_operations",
+            "Snapshotter gRPC operations by operation and result",
+            Declared(snapshotter_ops.clone()),
+        );
+        let snapshotter_duration: HistogramFamily<OpLabel> =
+            Family::new_with_constructor(op_histogram);
+        registry.register(
+            "hologram_snapshotter_operation_duration_seconds",
+            "Duration of snapshotter gRPC operations",
+            Declared(snapshotter_duration.clone()),
+        );
+        for op in SNAPSHOTTER_OPS {
+            for result in [RESULT_OK, RESULT_ERROR] {
+                seed(&snapshotter_ops, &OpResult::new(op, result));
+            }
+            seed(
+                &snapshotter_duration,
+                &OpLabel {
+                    op: (*op).to_owned(),
+                },
+            );
+        }
+
+        let fuse_ops = Family::<OpResult, Counter>::default();
+        registry.register(
+            "hologram_fuse_operations",
+            "FUSE operations by operation and result",
+            Declared(fuse_ops.clone()),
+        );
+        for op in FUSE_OPS {
+            for result in [RESULT_OK, RESULT_ERROR] {
+                seed(&fuse_ops, &OpResult::new(op, result));
+            }
+        }
+        let fuse_read_duration: HistogramFamily<ResultLabel> =
+            Family::new_with_constructor(fuse_read_histogram);
+        registry.register(
+            "hologram_fuse_read_duration_seconds",
+            "Duration of FUSE reads, by result",
+            Declared(fuse_read_duration.clone()),
+        );
+        for result in [RESULT_OK, RESULT_ERROR] {
+            seed(
+                &fuse_read_duration,
+                &ResultLabel {
+                    result: result.to_owned(),
+                },
+            );
+        }
+        let fuse_read_bytes = Counter::default();
+        registry.register(
+            "hologram_fuse_read_bytes",
+            "Bytes returned by FUSE reads",
+            fuse_read_bytes.clone(),
+        );
+
+        let op_family = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<OpResult, Counter>::default();
+            registry.register(name, help, Declared(family.clone()));
+            family
+        };
+        let resolver_ops = op_family(
+            &mut registry,
+            "hologram_resolver_operations",
+            "Resolver operations by operation and result",
+        );
+        let witness_ops = op_family(
+            &mut registry,
+            "hologram_witness_operations",
+            "Witness operations by operation and result",
+        );
+        let ctp96_ops = op_family(
+            &mut registry,
+            "hologram_ctp96_operations",
+            "CTP-96 operations by operation and result",
+        );
+        let content_ops = op_family(
+            &mut registry,
+            "hologram_content_operations",
+            "Content store operations by operation and result",
+        );
+
+        let remote_fetch_duration: HistogramFamily<SourceLabel> =
+            Family::new_with_constructor(fetch_histogram);
+        registry.register(
+            "hologram_remote_fetch_duration_seconds",
+            "Duration of remote fetches, by source (registry, ctp96, cache)",
+            Declared(remote_fetch_duration.clone()),
+        );
+        let remote_fetches = Family::<SourceResult, Counter>::default();
+        registry.register(
+            "hologram_remote_fetches",
+            "Remote fetches by source and result",
+            Declared(remote_fetches.clone()),
+        );
+        let fetched_bytes = Family::<SourceLabel, Counter>::default();
+        registry.register(
+            "hologram_fetched_bytes",
+            "Bytes fetched, by source",
+            Declared(fetched_bytes.clone()),
+        );
+        for source in FETCH_SOURCES {
+            let label = SourceLabel {
+                source: (*source).to_owned(),
+            };
+            seed(&remote_fetch_duration, &label);
+            seed(&fetched_bytes, &label);
+            for result in [RESULT_OK, RESULT_ERROR] {
+                seed(
+                    &remote_fetches,
+                    &SourceResult {
+                        source: (*source).to_owned(),
+                        result: result.to_owned(),
+                    },
+                );
+            }
+        }
+
+        let cache_requests = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "hologram_cache_requests",
+            "Chunk cache lookups, by result (hit, miss)",
+            Declared(cache_requests.clone()),
+        );
+        for result in ["hit", "miss"] {
+            seed(
+                &cache_requests,
+                &ResultLabel {
+                    result: result.to_owned(),
+                },
+            );
+        }
+
+        let verification_failures = Counter::default();
+        registry.register(
+            "hologram_chunk_verification_failures",
+            "Chunks whose content did not match their digest",
+            verification_failures.clone(),
+        );
+
+        let fallbacks = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "hologram_remote_fallbacks",
+            "Layers not mounted remotely (unpacked the ordinary way instead), by reason",
+            Declared(fallbacks.clone()),
+        );
+        for reason in FALLBACK_REASONS {
+            seed(
+                &fallbacks,
+                &ReasonLabel {
+                    reason: (*reason).to_owned(),
+                },
+            );
+        }
+
+        let energy_hints = Family::<HintLabel, FloatGauge>::default();
+        registry.register(
+            "hologram_energy_hints",
+            "Energy hints, by hint",
+            Declared(energy_hints.clone()),
+        );
+        let lease_duration = FloatGauge::default();
+        registry.register(
+            "hologram_lease_duration_seconds",
+            "Duration of the content leases the snapshotter takes",
+            lease_duration.clone(),
+        );
+
+        let collector: Arc<RwLock<Option<CollectFn>>> = Arc::new(RwLock::new(None));
+        registry.register_collector(Box::new(StateCollector {
+            callback: Arc::clone(&collector),
+            start_time: process::start_time_seconds(),
+        }));
+
+        Arc::new(Metrics {
+            registry,
+            collector,
+            snapshotter_ops,
+            snapshotter_duration,
+            fuse_ops,
+            fuse_read_duration,
+            fuse_read_bytes,
+            resolver_ops,
+            witness_ops,
+            ctp96_ops,
+            content_ops,
+            remote_fetch_duration,
+            remote_fetches,
+            fetched_bytes,
+            cache_requests,
+            verification_failures,
+            fallbacks,
+            energy_hints,
+            lease_duration,
+        })
+    }
+
+    /// One snapshotter gRPC operation: `op` is the method (`prepare`,
+    /// `commit`, ...), `result` is [`RESULT_OK`] or [`RESULT_ERROR`] (or
+    /// another short category), `seconds` its duration.
+    pub fn snapshotter_op(&self, op: &str, result: &str, seconds: f64) {
+        self.snapshotter_ops
+            .get_or_create(&OpResult::new(op, result))
+            .inc();
+        self.snapshotter_duration
+            .get_or_create(&OpLabel {
+                op: label_value(op).to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// One FUSE operation (`lookup`, `getattr`, `read`, ...).
+    pub fn fuse_op(&self, op: &str, result: &str) {
+        self.fuse_ops
+            .get_or_create(&OpResult::new(op, result))
+            .inc();
+    }
+
+    /// One FUSE read: its duration, the bytes it returned.
+    pub fn fuse_read(&self, seconds: f64, bytes: u64, result: &str) {
+        self.fuse_read_duration
+            .get_or_create(&ResultLabel {
+                result: label_value(result).to_owned(),
+            })
+            .observe(seconds);
+        self.fuse_read_bytes.inc_by(bytes);
+    }
+
+    /// One resolver operation.
+    pub fn resolver_op(&self, op: &str, result: &str) {
+        self.resolver_ops
+            .get_or_create(&OpResult::new(op, result))
+            .inc();
+    }
+
+    /// One witness operation.
+    pub fn witness_op(&self, op: &str, result: &str) {
+        self.witness_ops
+            .get_or_create(&OpResult::new(op, result))
+            .inc();
+    }
+
+    /// One CTP-96 operation.
+    pub fn ctp96_op(&self, op: &str, result: &str) {
+        self.ctp96_ops
+            .get_or_create(&OpResult::new(op, result))
+            .inc();
+    }
+
+    /// One content store operation.
+    pub fn content_op(&self, op: &str, result: &str) {
+        self.content_ops
+            .get_or_create(&OpResult::new(op, result))
+            .inc();
+    }
+
+    /// One remote fetch from `source` (`registry`, `ctp96` or `cache`): its
+    /// duration and the bytes it brought. Also counted in
+    /// `hologram_remote_fetches_total{source,result}`.
+    pub fn remote_fetch(&self, source: &str, seconds: f64, bytes: u64, result: &str) {
+        let source = label_value(source);
+        let label = SourceLabel {
+            source: source.to_owned(),
+        };
+        self.remote_fetch_duration
+            .get_or_create(&label)
+            .observe(seconds);
+        self.fetched_bytes.get_or_create(&label).inc_by(bytes);
+        self.remote_fetches
+            .get_or_create(&SourceResult {
+                source: source.to_owned(),
+                result: label_value(result).to_owned(),
+            })
+            .inc();
+    }
+
+    /// One chunk cache lookup.
+    pub fn cache_lookup(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.cache_requests
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A chunk whose content did not match its digest.
+    pub fn chunk_verification_failure(&self) {
+        self.verification_failures.inc();
+    }
+
+    /// A layer that is not mounted remotely. `reason` should be one of
+    /// [`FALLBACK_REASONS`]; anything else is counted as `"other"`.
+    pub fn fallback(&self, reason: &str) {
+        let reason = if FALLBACK_REASONS.contains(&reason) {
+            reason
+        } else {
+            tracing::debug!(reason, "unknown fallback reason counted as \"other\"");
+            OTHER
+        };
+        self.fallbacks
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets the energy hint gauge `hint`.
+    pub fn set_energy_hint(&self, hint: &str, value: f64) {
+        self.energy_hints
+            .get_or_create(&HintLabel {
+                hint: label_value(hint).to_owned(),
+            })
+            .set(value);
+    }
+
+    /// Sets the lease duration gauge.
+    pub fn set_lease_duration(&self, seconds: f64) {
+        self.lease_duration.set(seconds);
+    }
+
+    /// Installs the callback that fills in the state gauges at each scrape
+    /// (it replaces any previous one). It runs on the scraping task, so it
+    /// should only read counters and sizes, not do I/O.
+    pub fn set_collector(&self, f: Box<dyn Fn(&mut GaugeSnapshot) + Send + Sync>) {
+        let mut guard = self
+            .collector
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *guard = Some(f);
+    }
+
+    /// The exposition text (Prometheus text format 0.0.4, [`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
+            tracing::warn!(error = %e, "cannot encode the metrics");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;
