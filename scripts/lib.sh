@@ -38,7 +38,8 @@ YML
   # The daemon's config: HOLOGRAM_CONFIG (TOML text) or empty.
   printf '%s\n' "${HOLOGRAM_CONFIG:-}" > "$WORK/hologram.toml"
   "$BIN/hologram-snapshotter" --root "$WORK/hologram" --address "$WORK/h.sock" \
-    --config "$WORK/hologram.toml" --log-level "${LOG_LEVEL:-info}" >"$WORK/hologram.log" 2>&1 &
+    --config "$WORK/hologram.toml" --log-level "${LOG_LEVEL:-info}" \
+    --metrics-address "${METRICS_ADDRESS:-off}" >"$WORK/hologram.log" 2>&1 &
   PIDS+=($!)
   wait_for 20 "hologram-snapshotter" test -S "$WORK/h.sock"
 

@@ -2,6 +2,7 @@
 //!
 //! * `pull` — remote-snapshot pull through containerd (see `pull.rs`);
 //! * `convert` — rewrite an image into eStargz and push it (see `convert.rs`);
+//! * `status` — a terminal summary of a daemon's /metrics (see `status.rs`);
 //! * `ping` — does a snapshotter answer on its socket;
 //! * `version`.
 
@@ -12,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 mod convert;
 mod pull;
+mod status;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -71,6 +73,8 @@ enum Command {
         /// Target image
         target: String,
     },
+    /// Summarise a running daemon from its /metrics endpoint
+    Status(status::StatusArgs),
     Ping {
         /// The snapshotter's socket
         #[arg(long, default_value = "/run/hologram-snapshotter/hologram.sock")]
@@ -139,6 +143,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let digest = rt.block_on(convert::run(&args))?;
             println!("{target}@{digest}");
             Ok(())
+        }
+        Command::Status(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(status::run(args))
         }
         Command::Ping { address } => {
             let rt = tokio::runtime::Builder::new_current_thread()

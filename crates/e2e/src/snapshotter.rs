@@ -70,6 +70,8 @@ pub struct Snapshotter {
     config: PathBuf,
     log: PathBuf,
     log_level: String,
+    metrics_address: String,
+    env: Vec<(String, String)>,
     daemon: Option<Daemon>,
 }
 
@@ -97,8 +99,28 @@ impl Snapshotter {
             log,
             log_level: std::env::var("HOLOGRAM_E2E_LOG_LEVEL")
                 .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
+            metrics_address: "off".into(),
+            env: Vec::new(),
             daemon: None,
         })
+    }
+
+    /// Replaces the daemon's config file (takes effect at the next start).
+    pub fn write_config(&self, toml: &str) -> Result<()> {
+        std::fs::write(&self.config, toml)
+            .with_context(|| format!("writing {}", self.config.display()))
+    }
+
+    /// `--metrics-address` for the next start ("off" by default, so tests
+    /// running side by side never fight over a port).
+    pub fn set_metrics_address(&mut self, addr: &str) {
+        self.metrics_address = addr.to_owned();
+    }
+
+    /// An environment variable for the daemon's next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
     }
 
     /// The command line of the daemon for `root` and `socket`.
@@ -111,7 +133,12 @@ impl Snapshotter {
             .arg("--config")
             .arg(&self.config)
             .arg("--log-level")
-            .arg(&self.log_level);
+            .arg(&self.log_level)
+            .arg("--metrics-address")
+            .arg(&self.metrics_address);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
         cmd
     }
 

@@ -586,7 +586,9 @@ pub fn convert<R: Read, W: Write>(
             gid: e.gid as i64,
             user_name: name_if_changed(&mut unames, e.uid, &e.uname),
             group_name: name_if_changed(&mut gnames, e.gid, &e.gname),
-            mod_time: if e.mtime == 0 {
+            // Zero means unknown; times outside years 1-9999 have no
+            // RFC 3339 form and are dropped too.
+            mod_time: if e.mtime == 0 || !(-62_135_596_800..=253_402_300_799).contains(&e.mtime) {
                 String::new()
             } else {
                 rfc3339::format(e.mtime)

@@ -343,6 +343,9 @@ struct Builder {
     kids: Vec<BTreeMap<OsString, u64>>,
     /// Directories and non-hardlink entries by cleaned path ("" = root).
     by_path: HashMap<String, u64>,
+    /// The directory `ensure_dir` returned last (entries usually come
+    /// directory by directory).
+    last_dir: (String, u64),
 }
 
 impl Builder {
@@ -372,6 +375,15 @@ impl Builder {
 
     /// Returns the inode of directory `comps`, creating implied directories.
     fn ensure_dir(&mut self, comps: &[&str]) -> Result<u64, String> {
+        if self.last_dir.1 != 0 && same_path(&self.last_dir.0, comps) {
+            return Ok(self.last_dir.1);
+        }
+        let ino = self.walk_dirs(comps)?;
+        self.last_dir = (comps.join("/"), ino);
+        Ok(ino)
+    }
+
+    fn walk_dirs(&mut self, comps: &[&str]) -> Result<u64, String> {
         let mut cur = Index::ROOT;
         let mut key = String::new();
         for c in comps {
@@ -395,6 +407,24 @@ impl Builder {
         }
         Ok(cur)
     }
+}
+
+/// Whether `key` is `comps` joined with "/".
+fn same_path(key: &str, comps: &[&str]) -> bool {
+    let mut rest = key;
+    for (i, c) in comps.iter().enumerate() {
+        if i > 0 {
+            match rest.strip_prefix('/') {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        }
+        match rest.strip_prefix(c) {
+            Some(r) => rest = r,
+            None => return false,
+        }
+    }
+    rest.is_empty()
 }
 
 fn new_node(parent: u64, kind: NodeKind, mode: u32) -> Node {
@@ -568,7 +598,7 @@ impl Index {
             }
         }
         let mut starts: Vec<u64> = Vec::new();
-        let mut seen_payload: HashMap<(u64, u64), usize> = HashMap::new();
+        let mut seen_payload: HashMap<(u64, u64), usize> = HashMap::with_capacity(items.len());
         for it in &items {
             for (c, &(ci, ce)) in it.chunks.iter().zip(&it.raw_chunks) {
                 if let Some(prev) = seen_payload.insert((c.blob_offset, c.inner_offset), ci) {
@@ -598,8 +628,14 @@ impl Index {
 
         // Names that exist as real entries (or implied directories): a
         // whiteout for one of them is hidden by it.
+        // Only needed (and only computed) when the layer has whiteouts.
+        let has_whiteouts = items.iter().any(|it| {
+            it.path
+                .last()
+                .is_some_and(|b| b.starts_with(WHITEOUT_PREFIX) && !b.starts_with(".wh..wh."))
+        });
         let mut normal: HashSet<String> = HashSet::new();
-        for it in &items {
+        for it in items.iter().filter(|_| has_whiteouts) {
             let n = it.path.len();
             for k in 1..n {
                 normal.insert(it.path[..k].join("/"));
@@ -614,13 +650,14 @@ impl Index {
 
         // Pass 3: the tree.
         let mut b = Builder {
-            nodes: Vec::new(),
-            kids: Vec::new(),
-            by_path: HashMap::new(),
+            nodes: Vec::with_capacity(items.len() + 1),
+            kids: Vec::with_capacity(items.len() + 1),
+            by_path: HashMap::with_capacity(items.len() + 1),
+            last_dir: (String::new(), 0),
         };
         let root = b.add(new_node(Self::ROOT, NodeKind::Dir, 0o755));
         b.by_path.insert(String::new(), root);
-        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut seen: HashMap<String, usize> = HashMap::with_capacity(items.len());
         let mut hardlinks: Vec<(usize, u64, String)> = Vec::new();
         let mut link_targets: HashMap<String, String> = HashMap::new();
         let mut opaque: Vec<u64> = Vec::new();

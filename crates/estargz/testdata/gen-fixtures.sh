@@ -56,13 +56,11 @@ done
 
 ctr() { ctr-remote --address "$work/c.sock" -n fixtures "$@"; }
 ctr images import --base-name fx/src --digests=false "$work/image.tar" >/dev/null
-ctr images ls -q
 
 printf '{"path":"etc/hostname"}\n{"path":"data/big.bin"}\n{"path":"bin/tool"}\n' >"$work/record.json"
 ctr images convert --estargz --oci --estargz-chunk-size 16384 fx/src:src fx/chunked:1 >/dev/null
 ctr images convert --estargz --oci --estargz-record-in "$work/record.json" fx/src:src fx/prefetch:1 >/dev/null
 
-blob() { cat "$work/root/io.containerd.content.v1.content/blobs/sha256/${1#sha256:}"; }
 python3 - "$here" "$work" <<'EOF'
 import json, os, subprocess, sys
 here, work = sys.argv[1], sys.argv[2]

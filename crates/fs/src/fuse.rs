@@ -91,6 +91,10 @@ impl LayerFs {
         LayerFs { layer }
     }
 
+    fn obs(&self) -> &dyn crate::observer::Observer {
+        self.layer.observer().as_ref()
+    }
+
     fn node(&self, ino: INodeNo) -> Result<&Node, Errno> {
         self.layer.index().node(ino.0).ok_or(Errno::ENOENT)
     }
@@ -114,21 +118,27 @@ impl Filesystem for LayerFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let index = self.layer.index();
-        match index.lookup(parent.0, name).and_then(|ino| index.node(ino)) {
+        let found = index.lookup(parent.0, name).and_then(|ino| index.node(ino));
+        self.obs().fuse_op("lookup", found.is_some());
+        match found {
             Some(node) => reply.entry(&TTL, &attr_of(node), Generation(0)),
             None => reply.error(Errno::ENOENT),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.node(ino) {
+        let node = self.node(ino);
+        self.obs().fuse_op("getattr", node.is_ok());
+        match node {
             Ok(node) => reply.attr(&TTL, &attr_of(node)),
             Err(e) => reply.error(e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.node(ino) {
+        let node = self.node(ino);
+        self.obs().fuse_op("readlink", node.is_ok());
+        match node {
             Ok(Node {
                 kind: NodeKind::Symlink,
                 link_target: Some(t),
@@ -142,7 +152,9 @@ impl Filesystem for LayerFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.node(ino) {
+        let node = self.node(ino);
+        self.obs().fuse_op("open", node.is_ok());
+        match node {
             Ok(n) if n.kind == NodeKind::Dir => reply.error(Errno::EISDIR),
             Ok(_) if flags.acc_mode() != OpenAccMode::O_RDONLY => reply.error(Errno::EROFS),
             Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
@@ -161,7 +173,16 @@ impl Filesystem for LayerFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.layer.read(ino.0, offset, size) {
+        let t = std::time::Instant::now();
+        let res = self.layer.read(ino.0, offset, size);
+        let obs = self.obs();
+        obs.fuse_op("read", res.is_ok());
+        obs.fuse_read(
+            t.elapsed().as_secs_f64(),
+            res.as_ref().map_or(0, |d| d.len() as u64),
+            res.is_ok(),
+        );
+        match res {
             Ok(data) => reply.data(&data),
             Err(e) => {
                 tracing::warn!(layer = %self.layer.digest(), ino = ino.0, offset, size, error = %e, "read failed: EIO");
@@ -213,6 +234,7 @@ impl Filesystem for LayerFs {
         mut reply: ReplyDirectory,
     ) {
         let index = self.layer.index();
+        self.obs().fuse_op("readdir", true);
         let node = match self.node(ino) {
             Ok(n) if n.kind == NodeKind::Dir => n,
             Ok(_) => return reply.error(Errno::ENOTDIR),
@@ -252,6 +274,7 @@ impl Filesystem for LayerFs {
             .map(|n| n.size)
             .sum();
         let files = index.len() as u64;
+        self.obs().fuse_op("statfs", true);
         reply.statfs(
             bytes.div_ceil(u64::from(BLOCK)),
             0,
@@ -265,7 +288,9 @@ impl Filesystem for LayerFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.node(ino) {
+        let node = self.node(ino);
+        self.obs().fuse_op("getxattr", node.is_ok());
+        match node {
             Ok(n) => match n.xattrs.get(name) {
                 Some(v) => xattr_reply(reply, size, v),
                 None => reply.error(Errno::NO_XATTR),
@@ -275,7 +300,9 @@ impl Filesystem for LayerFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.node(ino) {
+        let node = self.node(ino);
+        self.obs().fuse_op("listxattr", node.is_ok());
+        match node {
             Ok(n) => {
                 let mut list = Vec::new();
                 for k in n.xattrs.keys() {

@@ -22,6 +22,7 @@ use hologram_estargz::{decompress_chunk, Chunk, Index, NodeKind};
 use hologram_remote::BlobSource;
 
 use crate::cache::ChunkCache;
+use crate::observer::Observer;
 
 /// Tunables of the read path.
 #[derive(Debug, Clone)]
@@ -147,6 +148,7 @@ pub struct Layer {
     order: Vec<(u64, usize)>,
     inflight: Mutex<HashMap<u64, Arc<Flight>>>,
     closed: AtomicBool,
+    observer: Arc<dyn Observer>,
     pub stats: LayerStats,
 }
 
@@ -166,6 +168,7 @@ impl Layer {
         cache: Arc<ChunkCache>,
         rt: tokio::runtime::Handle,
         cfg: LayerConfig,
+        observer: Arc<dyn Observer>,
     ) -> Layer {
         let mut order: Vec<(u64, usize, u64)> = Vec::new();
         for (ino, c) in index.all_chunks() {
@@ -189,6 +192,7 @@ impl Layer {
             order: order.into_iter().map(|(ino, i, _)| (ino, i)).collect(),
             inflight: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
+            observer,
             stats,
         }
     }
@@ -207,6 +211,19 @@ impl Layer {
 
     pub fn cache(&self) -> &ChunkCache {
         &self.cache
+    }
+
+    pub fn observer(&self) -> &Arc<dyn Observer> {
+        &self.observer
+    }
+
+    /// Chunks of this layer not in the cache yet (an estimate: it checks the
+    /// cache for every chunk, so call it at scrape time, not per read).
+    pub fn pending_chunks(&self) -> u64 {
+        (0..self.order.len())
+            .filter_map(|p| self.chunk_at(p))
+            .filter(|c| !self.cache.contains(&c.digest))
+            .count() as u64
     }
 
     /// Stops prefetch/background work (at unmount).
@@ -278,7 +295,11 @@ impl Layer {
     /// Makes sure `chunk` is in the cache, fetching it (and a read-around
     /// window after it) if needed.
     fn ensure(&self, chunk: &Chunk, purpose: Purpose) -> Result<(), ReadError> {
-        if self.cache.contains(&chunk.digest) {
+        let hit = self.cache.contains(&chunk.digest);
+        if purpose == Purpose::Read {
+            self.observer.cache_lookup(hit);
+        }
+        if hit {
             return Ok(());
         }
         let Some(pos) = self.pos_of(chunk) else {
@@ -415,6 +436,7 @@ impl Layer {
         let range: Range<u64> = first.blob_offset..last.blob_offset + last.blob_len;
         let len = range.end - range.start;
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let t = Instant::now();
         let res = self.rt.block_on(async {
             tokio::time::timeout(
                 self.cfg.fetch_timeout,
@@ -422,6 +444,13 @@ impl Layer {
             )
             .await
         });
+        let ok = matches!(&res, Ok(Ok(d)) if d.len() as u64 == len);
+        self.observer.fetch(
+            self.source.source_kind(),
+            t.elapsed().as_secs_f64(),
+            if ok { len } else { 0 },
+            ok,
+        );
         let data = match res {
             Ok(Ok(d)) if d.len() as u64 == len => d,
             other => {
@@ -463,6 +492,7 @@ impl Layer {
                     .map_err(|e| format!("cache write: {e}")),
                 Some(Err(e)) => {
                     self.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
+                    self.observer.verify_failure();
                     tracing::error!(layer = %self.digest(), chunk = %c.digest, error = %e, "chunk failed verification; not cached");
                     first_err.get_or_insert(ReadError::Verify {
                         layer: self.digest().to_owned(),

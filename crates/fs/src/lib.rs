@@ -11,6 +11,7 @@
 pub mod cache;
 pub mod fuse;
 pub mod layer;
+pub mod observer;
 
 use hologram_estargz::{decode_toc, parse_footer, Index, FOOTER_SIZE};
 use hologram_remote::BlobSource;

@@ -28,6 +28,8 @@ pub struct FileConfig {
     pub address: Option<PathBuf>,
     /// Log filter, e.g. `info` or `hologram_snapshotter=debug`.
     pub log_level: Option<String>,
+    /// Prometheus `/metrics` and `/healthz`: `IP:PORT`, or `off`.
+    pub metrics_address: Option<String>,
     /// Lazy pulling.
     #[serde(default)]
     pub remote: RemoteSection,
@@ -132,6 +134,7 @@ pub struct Config {
     pub root: PathBuf,
     pub address: PathBuf,
     pub log_level: String,
+    pub metrics_address: String,
     pub remote: RemoteSection,
 }
 
@@ -142,6 +145,7 @@ impl Config {
         root: Option<PathBuf>,
         address: Option<PathBuf>,
         log_level: Option<String>,
+        metrics_address: Option<String>,
     ) -> Self {
         Config {
             root: root
@@ -153,6 +157,9 @@ impl Config {
             log_level: log_level
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".to_owned()),
+            metrics_address: metrics_address
+                .or(file.metrics_address)
+                .unwrap_or_else(|| hologram_telemetry::DEFAULT_METRICS_ADDRESS.to_owned()),
             remote: file.remote,
         }
     }
@@ -167,7 +174,7 @@ mod tests {
     fn flags_win_over_file_over_defaults() {
         let file: FileConfig =
             toml::from_str("root_path = \"/from/file\"\nlog_level = \"debug\"").unwrap();
-        let c = Config::resolve(file.clone(), None, None, None);
+        let c = Config::resolve(file.clone(), None, None, None, None);
         assert_eq!(c.root, PathBuf::from("/from/file"));
         assert_eq!(c.address, PathBuf::from(DEFAULT_ADDRESS));
         assert_eq!(c.log_level, "debug");
@@ -176,12 +183,13 @@ mod tests {
             Some("/flag".into()),
             Some("/s.sock".into()),
             Some("warn".into()),
+            None,
         );
         assert_eq!(
             (c.root, c.address, c.log_level),
             ("/flag".into(), "/s.sock".into(), "warn".to_owned())
         );
-        let c = Config::resolve(FileConfig::default(), None, None, None);
+        let c = Config::resolve(FileConfig::default(), None, None, None, None);
         assert_eq!(c.root, PathBuf::from(DEFAULT_ROOT));
     }
 

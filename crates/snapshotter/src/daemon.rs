@@ -3,10 +3,12 @@
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context as _;
 use hologram_api::snapshots::snapshots_server::SnapshotsServer;
+use hologram_telemetry::Metrics;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
@@ -54,8 +56,52 @@ pub fn claim_socket(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves `sn` on `address` until SIGTERM or SIGINT, then removes the socket.
-pub async fn serve(sn: Arc<Snapshotter>, address: &Path) -> anyhow::Result<()> {
+/// What `/healthz` reports: whether the gRPC socket is served and the store
+/// is open and answers.
+#[derive(Debug, Default)]
+pub struct Health {
+    serving: AtomicBool,
+    store_error: Mutex<Option<String>>,
+    snapshotter: OnceLock<Arc<Snapshotter>>,
+}
+
+impl Health {
+    /// The store could not be opened (yet): why.
+    pub fn set_store_error(&self, e: Option<String>) {
+        if let Ok(mut g) = self.store_error.lock() {
+            *g = e;
+        }
+    }
+
+    pub fn set_snapshotter(&self, sn: Arc<Snapshotter>) {
+        let _ = self.snapshotter.set(sn);
+    }
+
+    /// `Ok` when healthy, else the reason.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(e) = self.store_error.lock().ok().and_then(|g| g.clone()) {
+            return Err(format!("metadata store cannot be opened: {e}"));
+        }
+        let Some(sn) = self.snapshotter.get() else {
+            return Err("metadata store not open yet".into());
+        };
+        sn.check_store()
+            .map_err(|e| format!("metadata store does not answer: {e}"))?;
+        if !self.serving.load(Ordering::Relaxed) {
+            return Err("gRPC socket not served".into());
+        }
+        Ok(())
+    }
+}
+
+/// Serves `sn` on `address` until `shutdown` completes, then removes the socket.
+pub async fn serve(
+    sn: Arc<Snapshotter>,
+    address: &Path,
+    metrics: Option<Arc<Metrics>>,
+    health: Arc<Health>,
+    shutdown: impl std::future::Future<Output = &'static str>,
+) -> anyhow::Result<()> {
     claim_socket(address)?;
     let listener = UnixListener::bind(address)
         .with_context(|| format!("cannot listen on {}", address.display()))?;
@@ -63,7 +109,7 @@ pub async fn serve(sn: Arc<Snapshotter>, address: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot set permissions of {}", address.display()))?;
     tracing::info!(socket = %address.display(), root = %sn.root().display(), "serving containerd snapshots API");
 
-    let svc = SnapshotsServer::new(SnapshotsService::new(sn))
+    let svc = SnapshotsServer::new(SnapshotsService::new(sn, metrics))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -74,7 +120,9 @@ pub async fn serve(sn: Arc<Snapshotter>, address: &Path) -> anyhow::Result<()> {
                 let _ = stop_rx.await;
             }),
     );
-    let signal = shutdown_signal().await?;
+    health.serving.store(true, Ordering::Relaxed);
+    let signal = shutdown.await;
+    health.serving.store(false, Ordering::Relaxed);
     tracing::info!(signal, "shutting down");
     let _ = stop_tx.send(());
     let result = match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
@@ -96,7 +144,8 @@ pub async fn serve(sn: Arc<Snapshotter>, address: &Path) -> anyhow::Result<()> {
     result
 }
 
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
+/// Resolves at SIGTERM or SIGINT, naming it.
+pub async fn shutdown_signal() -> anyhow::Result<&'static str> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;

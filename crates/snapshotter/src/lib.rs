@@ -14,6 +14,7 @@
 pub mod config;
 pub mod daemon;
 pub mod disk_usage;
+pub mod metrics;
 pub mod mountinfo;
 pub mod mounts;
 pub mod remote;

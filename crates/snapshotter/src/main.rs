@@ -11,7 +11,13 @@ use hologram_fs::layer::LayerConfig;
 use hologram_remote::RegistryConfig;
 use hologram_snapshotter::config::{Config, FileConfig, RemoteSection, DEFAULT_CONFIG};
 use hologram_snapshotter::remote::{RemoteConfig, RemoteLayers};
-use hologram_snapshotter::{daemon, snapshotter::Snapshotter};
+use std::net::SocketAddr;
+
+use hologram_snapshotter::daemon::{self, Health};
+use hologram_snapshotter::metrics::install_collector;
+use hologram_snapshotter::snapshotter::{RootInUse, Snapshotter};
+use hologram_telemetry::{HealthCheck, Metrics};
+use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 /// A containerd snapshotter (proxy plugin) that serves containerd's
@@ -31,6 +37,9 @@ struct Args {
     /// Log level or filter (trace, debug, info, warn, error); RUST_LOG wins when set
     #[arg(long)]
     log_level: Option<String>,
+    /// Prometheus /metrics and /healthz address, or "off" [config: metrics_address; default 127.0.0.1:8080]
+    #[arg(long)]
+    metrics_address: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,21 +56,115 @@ fn main() -> std::process::ExitCode {
 fn run(args: Args) -> anyhow::Result<()> {
     let explicit = args.config.as_os_str() != DEFAULT_CONFIG;
     let file = FileConfig::load(&args.config, explicit)?;
-    let cfg = Config::resolve(file, args.root, args.address, args.log_level);
+    let cfg = Config::resolve(
+        file,
+        args.root,
+        args.address,
+        args.log_level,
+        args.metrics_address,
+    );
     init_logging(&cfg.log_level)?;
+    let metrics_addr =
+        hologram_telemetry::parse_listen(&cfg.metrics_address).context("metrics_address")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("hologram")
         .build()
         .context("cannot start the async runtime")?;
-    let remote = Arc::new(RemoteLayers::new(
-        &cfg.root,
-        remote_config(&cfg.remote.clone().with_env()),
-        rt.handle().clone(),
-    )?);
-    let sn = Snapshotter::open(&cfg.root, Some(Arc::clone(&remote)))?;
-    let result = rt.block_on(daemon::serve(Arc::new(sn), &cfg.address));
-    remote.shutdown();
+    rt.block_on(serve(cfg, metrics_addr))
+}
+
+/// Start-up order: signals, metrics endpoint (so /healthz can say what is
+/// wrong), remote layers, the store (retried while it cannot be opened),
+/// then the gRPC socket.
+async fn serve(cfg: Config, metrics_addr: Option<SocketAddr>) -> anyhow::Result<()> {
+    let (sig_tx, sig_rx) = watch::channel(None::<&'static str>);
+    let signals = daemon::shutdown_signal();
+    tokio::spawn(async move {
+        match signals.await {
+            Ok(s) => {
+                let _ = sig_tx.send(Some(s));
+            }
+            Err(e) => tracing::error!(error = %e, "no signal handling"),
+        }
+    });
+    let health = Arc::new(Health::default());
+    let metrics = metrics_addr.map(|_| Metrics::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut metrics_task = None;
+    if let (Some(addr), Some(m)) = (metrics_addr, &metrics) {
+        let listener = hologram_telemetry::bind(addr)
+            .await
+            .context("cannot serve metrics")?;
+        let h = Arc::clone(&health);
+        let check: HealthCheck = Arc::new(move || h.check());
+        let mut stop = stop_rx.clone();
+        metrics_task = Some(tokio::spawn(hologram_telemetry::serve_on(
+            listener,
+            Arc::clone(m),
+            check,
+            async move {
+                let _ = stop.changed().await;
+            },
+        )));
+        tracing::info!(address = %addr, "metrics on http://{addr}/metrics, health on /healthz");
+    }
+
+    let remote = {
+        let (root, rc, handle, m) = (
+            cfg.root.clone(),
+            remote_config(&cfg.remote.clone().with_env()),
+            tokio::runtime::Handle::current(),
+            metrics.clone(),
+        );
+        Arc::new(
+            tokio::task::spawn_blocking(move || RemoteLayers::new(&root, rc, handle, m)).await??,
+        )
+    };
+    if let Some(m) = &metrics {
+        install_collector(m, Arc::clone(&remote));
+    }
+
+    let sn = loop {
+        let (root, r) = (cfg.root.clone(), Arc::clone(&remote));
+        match tokio::task::spawn_blocking(move || Snapshotter::open(&root, Some(r))).await? {
+            Ok(sn) => {
+                health.set_store_error(None);
+                break Arc::new(sn);
+            }
+            Err(e) if e.downcast_ref::<RootInUse>().is_some() => return Err(e),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot open the snapshotter root; retrying in 5 s (see /healthz)");
+                health.set_store_error(Some(format!("{e:#}")));
+                let mut sig = sig_rx.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = sig.changed() => {
+                        let _ = stop_tx.send(true);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    };
+    health.set_snapshotter(Arc::clone(&sn));
+    let mut sig = sig_rx.clone();
+    let result = daemon::serve(sn, &cfg.address, metrics, health, async move {
+        loop {
+            if let Some(s) = *sig.borrow() {
+                return s;
+            }
+            if sig.changed().await.is_err() {
+                return "signal handler gone";
+            }
+        }
+    })
+    .await;
+    let _ = stop_tx.send(true);
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    let _ = tokio::task::spawn_blocking(move || remote.shutdown()).await;
     result
 }
 

@@ -18,7 +18,11 @@ use std::sync::{Arc, Mutex};
 use hologram_fs::cache::ChunkCache;
 use hologram_fs::fuse::MountedLayer;
 use hologram_fs::layer::{Layer, LayerConfig};
+use hologram_fs::observer::{NoObserver, Observer};
 use hologram_remote::{BlobSource, Reference, RegistryBlob, RegistryClient, RegistryConfig};
+use hologram_telemetry::Metrics;
+
+use crate::metrics::FsMetrics;
 
 /// The label containerd's unpacker sets to the layer's chain ID.
 pub const LABEL_SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
@@ -98,6 +102,29 @@ pub struct RemoteStats {
     pub mount_failures: AtomicU64,
 }
 
+/// Why a layer is not served lazily: a short category (a metric label) and
+/// the full reason (the log line, the operator's answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    pub category: &'static str,
+    pub reason: String,
+}
+
+impl Fallback {
+    pub fn new(category: &'static str, reason: impl Into<String>) -> Self {
+        Fallback {
+            category,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Fallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
 /// The remote layers this daemon serves.
 pub struct RemoteLayers {
     cfg: RemoteConfig,
@@ -106,6 +133,8 @@ pub struct RemoteLayers {
     rt: tokio::runtime::Handle,
     toc_dir: std::path::PathBuf,
     mounts: Mutex<HashMap<u64, MountedLayer>>,
+    observer: Arc<dyn Observer>,
+    metrics: Option<Arc<Metrics>>,
     pub stats: RemoteStats,
 }
 
@@ -118,7 +147,12 @@ impl std::fmt::Debug for RemoteLayers {
 }
 
 impl RemoteLayers {
-    pub fn new(root: &Path, cfg: RemoteConfig, rt: tokio::runtime::Handle) -> anyhow::Result<Self> {
+    pub fn new(
+        root: &Path,
+        cfg: RemoteConfig,
+        rt: tokio::runtime::Handle,
+        metrics: Option<Arc<Metrics>>,
+    ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         let cache = ChunkCache::open(&root.join("cache/chunks"), cfg.cache_limit)
             .with_context(|| format!("cannot open chunk cache under {}", root.display()))?;
@@ -134,8 +168,21 @@ impl RemoteLayers {
             rt,
             toc_dir,
             mounts: Mutex::new(HashMap::new()),
+            observer: match &metrics {
+                Some(m) => Arc::new(FsMetrics(Arc::clone(m))),
+                None => Arc::new(NoObserver),
+            },
+            metrics,
             stats: RemoteStats::default(),
         })
+    }
+
+    /// Counts a fallback (stats and metric); the caller logs it.
+    pub fn record_fallback(&self, f: &Fallback) {
+        self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.fallback(f.category);
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -153,12 +200,15 @@ impl RemoteLayers {
         id: u64,
         lr: &LayerRef,
         mountpoint: &Path,
-    ) -> Result<BTreeMap<String, String>, String> {
+    ) -> Result<BTreeMap<String, String>, Fallback> {
         if !self.cfg.enabled {
-            return Err("remote snapshots are disabled in the configuration".into());
+            return Err(Fallback::new(
+                "disabled",
+                "remote snapshots are disabled in the configuration",
+            ));
         }
         let reference = Reference::parse(&lr.image)
-            .map_err(|e| format!("image reference {:?}: {e}", lr.image))?;
+            .map_err(|e| Fallback::new("other", format!("image reference {:?}: {e}", lr.image)))?;
         let (toc_digest, size) = self.layer_facts(&reference, lr)?;
         let source: Arc<dyn BlobSource> = Arc::new(RegistryBlob::new(
             self.client.clone(),
@@ -173,9 +223,15 @@ impl RemoteLayers {
             Arc::clone(&self.cache),
             self.rt.clone(),
             self.cfg.layer.clone(),
+            Arc::clone(&self.observer),
         ));
-        let mounted = hologram_fs::fuse::mount(layer, mountpoint, self.cfg.fuse_threads)
-            .map_err(|e| format!("FUSE mount at {}: {e}", mountpoint.display()))?;
+        let mounted =
+            hologram_fs::fuse::mount(layer, mountpoint, self.cfg.fuse_threads).map_err(|e| {
+                Fallback::new(
+                    "mount_error",
+                    format!("FUSE mount at {}: {e}", mountpoint.display()),
+                )
+            })?;
         if let Ok(mut m) = self.mounts.lock() {
             m.insert(id, mounted);
         }
@@ -189,9 +245,11 @@ impl RemoteLayers {
     }
 
     /// TOC digest (label, else the manifest's layer annotation) and blob size.
-    fn layer_facts(&self, reference: &Reference, lr: &LayerRef) -> Result<(String, u64), String> {
-        let needs_manifest = lr.toc_digest.is_none();
-        if needs_manifest {
+    fn layer_facts(&self, reference: &Reference, lr: &LayerRef) -> Result<(String, u64), Fallback> {
+        let fetch_err = |what: &str, e: hologram_remote::Error| {
+            Fallback::new("fetch_error", format!("{what}: {e}"))
+        };
+        let Some(toc) = lr.toc_digest.clone() else {
             let mut mref = reference.clone();
             if let Some(d) = &lr.manifest_digest {
                 mref.digest = Some(d.clone());
@@ -199,9 +257,13 @@ impl RemoteLayers {
             let (_, manifest) = self
                 .rt
                 .block_on(self.client.resolve_platform(&mref))
-                .map_err(|e| format!("fetching the manifest of {}: {e}", lr.image))?;
-            let doc: serde_json::Value = serde_json::from_slice(&manifest.bytes)
-                .map_err(|e| format!("manifest of {} is not JSON: {e}", lr.image))?;
+                .map_err(|e| fetch_err(&format!("fetching the manifest of {}", lr.image), e))?;
+            let doc: serde_json::Value = serde_json::from_slice(&manifest.bytes).map_err(|e| {
+                Fallback::new(
+                    "other",
+                    format!("manifest of {} is not JSON: {e}", lr.image),
+                )
+            })?;
             let layer = doc["layers"]
                 .as_array()
                 .and_then(|ls| {
@@ -209,27 +271,34 @@ impl RemoteLayers {
                         .find(|l| l["digest"].as_str() == Some(lr.layer_digest.as_str()))
                 })
                 .ok_or_else(|| {
-                    format!(
-                        "layer {} is not in the manifest of {}",
-                        lr.layer_digest, lr.image
+                    Fallback::new(
+                        "other",
+                        format!(
+                            "layer {} is not in the manifest of {}",
+                            lr.layer_digest, lr.image
+                        ),
                     )
                 })?;
             let toc = layer["annotations"][LABEL_TOC_DIGEST]
                 .as_str()
-                .ok_or_else(|| "not eStargz: the layer has no TOC digest annotation".to_owned())?;
+                .ok_or_else(|| {
+                    Fallback::new(
+                        "not_estargz",
+                        "not eStargz: the layer has no TOC digest annotation",
+                    )
+                })?;
             let size = layer["size"]
                 .as_u64()
-                .ok_or_else(|| "manifest layer has no size".to_owned())?;
+                .ok_or_else(|| Fallback::new("other", "manifest layer has no size"))?;
             return Ok((toc.to_owned(), size));
-        }
-        let toc = lr.toc_digest.clone().unwrap_or_default();
+        };
         if let Some(size) = lr.size {
             return Ok((toc, size));
         }
         let size = self
             .rt
             .block_on(self.client.blob_size(reference, &lr.layer_digest))
-            .map_err(|e| format!("size of layer {}: {e}", lr.layer_digest))?;
+            .map_err(|e| fetch_err(&format!("size of layer {}", lr.layer_digest), e))?;
         Ok((toc, size))
     }
 
@@ -239,7 +308,7 @@ impl RemoteLayers {
         &self,
         source: &dyn BlobSource,
         toc_digest: &str,
-    ) -> Result<hologram_estargz::Index, String> {
+    ) -> Result<hologram_estargz::Index, Fallback> {
         let local = toc_digest
             .strip_prefix("sha256:")
             .map(|h| self.toc_dir.join(h));
@@ -256,7 +325,13 @@ impl RemoteLayers {
         }
         let (index, region) = hologram_fs::load_index(source, toc_digest)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                let category = match e {
+                    hologram_fs::LoadError::Fetch { .. } => "fetch_error",
+                    _ => "not_estargz",
+                };
+                Fallback::new(category, e.to_string())
+            })?;
         if let Some(path) = local {
             let tmp = path.with_extension("tmp");
             if std::fs::write(&tmp, &region)
@@ -287,11 +362,11 @@ impl RemoteLayers {
         id: u64,
         labels: &BTreeMap<String, String>,
         mountpoint: &Path,
-    ) -> Result<(), String> {
+    ) -> Result<(), Fallback> {
         let lr = match layer_ref(labels) {
             Some(Ok(lr)) => lr,
-            Some(Err(e)) => return Err(e),
-            None => return Err("no snapshot.ref label".into()),
+            Some(Err(e)) => return Err(Fallback::new("no_labels", e)),
+            None => return Err(Fallback::new("no_labels", "no snapshot.ref label")),
         };
         crate::mountinfo::unmount_below(mountpoint);
         self.mount(id, &lr, mountpoint).map(|_| ())

@@ -15,6 +15,7 @@ use hologram_api::snapshots as pb;
 use hologram_api::snapshots::snapshots_server::Snapshots;
 use hologram_api::types as pbt;
 use hologram_store::{Info, Kind, StoreError};
+use hologram_telemetry::Metrics;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -28,11 +29,12 @@ const LIST_BATCH: usize = 100;
 #[derive(Clone, Debug)]
 pub struct SnapshotsService {
     sn: Arc<Snapshotter>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl SnapshotsService {
-    pub fn new(sn: Arc<Snapshotter>) -> Self {
-        SnapshotsService { sn }
+    pub fn new(sn: Arc<Snapshotter>, metrics: Option<Arc<Metrics>>) -> Self {
+        SnapshotsService { sn, metrics }
     }
 
     /// Runs `f` on a blocking thread and maps its error to a gRPC status.
@@ -42,9 +44,21 @@ impl SnapshotsService {
         f: impl FnOnce(&Snapshotter) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, Status> {
         let sn = Arc::clone(&self.sn);
+        let started = std::time::Instant::now();
         let out = tokio::task::spawn_blocking(move || f(&sn))
             .await
             .map_err(|e| Status::internal(format!("{op}: worker failed: {e}")))?;
+        if let Some(m) = &self.metrics {
+            let result = match &out {
+                Ok(_) => "ok",
+                Err(StoreError::NotFound(_)) => "not_found",
+                Err(StoreError::AlreadyExists(_)) => "already_exists",
+                Err(StoreError::FailedPrecondition(_)) => "failed_precondition",
+                Err(StoreError::InvalidArgument(_)) => "invalid_argument",
+                Err(StoreError::Internal(_)) => "error",
+            };
+            m.snapshotter_op(op, result, started.elapsed().as_secs_f64());
+        }
         match out {
             Ok(v) => {
                 tracing::debug!(op, "ok");

@@ -25,7 +25,6 @@ use std::io;
 use std::os::unix::fs::{chown, DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use hologram_store::filter::Filter;
@@ -34,7 +33,7 @@ use hologram_store::{Info, Kind, MetaStore, Snapshot, StoreError, Usage};
 use crate::disk_usage::disk_usage;
 use crate::mountinfo::unmount_below;
 use crate::mounts::{mounts_for, Mount};
-use crate::remote::{self, LayerRef, RemoteLayers, LABEL_REMOTE, LABEL_SNAPSHOT_REF};
+use crate::remote::{self, Fallback, LayerRef, RemoteLayers, LABEL_REMOTE, LABEL_SNAPSHOT_REF};
 
 /// Errors with a gRPC class; see `service.rs` for the mapping.
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -42,6 +41,11 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 fn io_err(what: impl std::fmt::Display, e: io::Error) -> StoreError {
     StoreError::Internal(format!("{what}: {e}"))
 }
+
+/// Another process holds the root's lock: fatal, never retried.
+#[derive(Debug, thiserror::Error)]
+#[error("snapshotter root {0} is in use by another hologram-snapshotter process")]
+pub struct RootInUse(pub PathBuf);
 
 /// One snapshotter over one root directory.
 pub struct Snapshotter {
@@ -83,10 +87,7 @@ impl Snapshotter {
             .with_context(|| format!("cannot open {}", lock_path.display()))?;
         match lock.try_lock() {
             Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => anyhow::bail!(
-                "snapshotter root {} is in use by another hologram-snapshotter process",
-                root.display()
-            ),
+            Err(fs::TryLockError::WouldBlock) => return Err(RootInUse(root.to_owned()).into()),
             Err(fs::TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
             }
@@ -135,6 +136,11 @@ impl Snapshotter {
     /// The remote-layer manager, if any.
     pub fn remote(&self) -> Option<&Arc<RemoteLayers>> {
         self.remote.as_ref()
+    }
+
+    /// Whether the metadata store answers a read transaction.
+    pub fn check_store(&self) -> Result<()> {
+        self.store.check()
     }
 
     /// The root directory.
@@ -200,27 +206,19 @@ impl Snapshotter {
                 return Err(exists());
             }
         }
-        let lr = match (decision, &self.remote) {
-            (Ok(lr), Some(r)) if r.enabled() => lr,
-            (Ok(_), _) => {
+        let disabled = || Fallback::new("disabled", "remote snapshots are disabled");
+        let (lr, remote) = match (decision, self.remote.clone()) {
+            (Ok(lr), Some(r)) if r.enabled() => (lr, r),
+            (Ok(_), _) => return self.fallback(key, parent, labels, &chain_id, disabled()),
+            (Err(reason), _) => {
                 return self.fallback(
                     key,
                     parent,
                     labels,
                     &chain_id,
-                    "remote snapshots are disabled".into(),
+                    Fallback::new("no_labels", reason),
                 )
             }
-            (Err(reason), _) => return self.fallback(key, parent, labels, &chain_id, reason),
-        };
-        let Some(remote) = self.remote.clone() else {
-            return self.fallback(
-                key,
-                parent,
-                labels,
-                &chain_id,
-                "remote snapshots are disabled".into(),
-            );
         };
         let snap = self.store.write(|t| {
             let snap = t.create(Kind::Active, key, parent, labels.clone())?;
@@ -231,7 +229,7 @@ impl Snapshotter {
         let extra = match remote.mount(snap.id, &lr, &fs_dir) {
             Ok(extra) => extra,
             Err(reason) => {
-                remote.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                remote.record_fallback(&reason);
                 tracing::warn!(layer = %lr.layer_digest, image = %lr.image, reason = %reason,
                     "layer cannot be served lazily: containerd will download and unpack it");
                 return Ok(self.mounts(&snap));
@@ -266,10 +264,10 @@ impl Snapshotter {
         parent: &str,
         labels: BTreeMap<String, String>,
         chain_id: &str,
-        reason: String,
+        reason: Fallback,
     ) -> Result<Vec<Mount>> {
         if let Some(r) = &self.remote {
-            r.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+            r.record_fallback(&reason);
         }
         let layer = labels
             .get(remote::LABEL_CRI_LAYER_DIGEST)

@@ -37,6 +37,8 @@ impl Daemon {
             .arg(&config)
             .arg("--log-level")
             .arg("debug")
+            .arg("--metrics-address")
+            .arg("off")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -623,6 +625,8 @@ async fn refuses_a_live_socket_replaces_a_stale_one_and_exits_cleanly() {
         .arg(d.sock())
         .arg("--config")
         .arg(other.join("c.toml"))
+        .arg("--metrics-address")
+        .arg("off")
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -636,6 +640,8 @@ async fn refuses_a_live_socket_replaces_a_stale_one_and_exits_cleanly() {
         .arg(other.join("x.sock"))
         .arg("--config")
         .arg(other.join("c.toml"))
+        .arg("--metrics-address")
+        .arg("off")
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -264,6 +264,15 @@ impl MetaStore {
         }
     }
 
+    /// A read transaction over every table: is the store usable right now?
+    pub fn check(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        tx.open_table(SNAPSHOTS).map_err(db_err)?;
+        tx.open_table(CHILDREN).map_err(db_err)?;
+        tx.open_table(META).map_err(db_err)?;
+        Ok(())
+    }
+
     /// Info of the snapshot named `key`.
     pub fn info(&self, key: &str) -> Result<(u64, Info, Usage), StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;

@@ -35,7 +35,10 @@ pub struct Skipped {
 impl WitnessDir {
     /// The envelopes for `uor` (empty if none).
     pub fn get(&self, uor: &UorId) -> &[Envelope] {
-        self.by_uor.get(&uor.to_string()).map(Vec::as_slice).unwrap_or(&[])
+        self.by_uor
+            .get(&uor.to_string())
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// How many envelopes were indexed.
@@ -52,7 +55,10 @@ impl WitnessDir {
 /// Reads every entry of `dir` (not recursively). Only an unreadable `dir`
 /// is an error; unusable files land in [`WitnessDir::skipped`].
 pub fn load_dir(dir: &Path) -> Result<WitnessDir, TrustError> {
-    let io_err = |source| TrustError::Io { path: dir.to_path_buf(), source };
+    let io_err = |source| TrustError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err)? {
         paths.push(entry.map_err(io_err)?.path());
@@ -67,6 +73,21 @@ pub fn load_dir(dir: &Path) -> Result<WitnessDir, TrustError> {
         }
     }
     Ok(out)
+}
+
+/// Reads a witness file's JSON: a DSSE envelope, or a saved witness
+/// endpoint answer ([`WitnessResponse`]) that carries one.
+pub fn parse_witness_json(bytes: &[u8]) -> Result<Envelope, TrustError> {
+    match Envelope::from_json(bytes) {
+        Ok(env) => Ok(env),
+        Err(e) => match serde_json::from_slice::<WitnessResponse>(bytes) {
+            Ok(WitnessResponse {
+                envelope: Some(env),
+                ..
+            }) => Ok(env),
+            _ => Err(e),
+        },
+    }
 }
 
 fn load_file(path: &Path) -> Result<(UorId, Envelope), String> {
@@ -88,12 +109,16 @@ fn load_file(path: &Path) -> Result<(UorId, Envelope), String> {
     let env = match Envelope::from_json(&bytes) {
         Ok(env) => env,
         Err(e) => match serde_json::from_slice::<WitnessResponse>(&bytes) {
-            Ok(WitnessResponse { envelope: Some(env), .. }) => env,
+            Ok(WitnessResponse {
+                envelope: Some(env),
+                ..
+            }) => env,
             _ => return Err(e.to_string()),
         },
     };
     let statement = env.peek_statement().map_err(|e| e.to_string())?;
-    let uor = UorId::parse(&statement.predicate.uor_id).map_err(|e| format!("statement's uor_id: {e}"))?;
+    let uor = UorId::parse(&statement.predicate.uor_id)
+        .map_err(|e| format!("statement's uor_id: {e}"))?;
     Ok((uor, env))
 }
 
@@ -130,11 +155,17 @@ mod tests {
         let w = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
         // Names say nothing about content; one is even misleading.
         w("zz-first", &a1.to_json_pretty());
-        w(&format!("{}.json", UorId::of(b"manifest a")), &b.to_json_pretty());
+        w(
+            &format!("{}.json", UorId::of(b"manifest a")),
+            &b.to_json_pretty(),
+        );
         w("no-extension", &serde_json::to_string(&a2).unwrap());
         // A saved endpoint answer is accepted too.
         let resp = WitnessResponse::from_envelope(&b).unwrap();
-        w("saved-response.json", &serde_json::to_string(&resp).unwrap());
+        w(
+            "saved-response.json",
+            &serde_json::to_string(&resp).unwrap(),
+        );
         // Junk.
         w("README.md", "# not a witness\n");
         w("empty.json", "");
@@ -144,10 +175,18 @@ mod tests {
         w("foreign-type.json", &foreign.to_json_pretty());
         let mut bad_uor = a1.peek_statement().unwrap();
         bad_uor.predicate.uor_id = "uor:v2:r1:00".to_string();
-        let bad_env = crate::sign_payload(&key, crate::PAYLOAD_TYPE, &serde_json::to_vec(&bad_uor).unwrap());
+        let bad_env = crate::sign_payload(
+            &key,
+            crate::PAYLOAD_TYPE,
+            &serde_json::to_vec(&bad_uor).unwrap(),
+        );
         w("bad-uor.json", &bad_env.to_json_pretty());
         std::fs::create_dir(dir.path().join("subdir")).unwrap();
-        std::fs::write(dir.path().join("huge"), vec![b' '; (MAX_WITNESS_FILE + 1) as usize]).unwrap();
+        std::fs::write(
+            dir.path().join("huge"),
+            vec![b' '; (MAX_WITNESS_FILE + 1) as usize],
+        )
+        .unwrap();
 
         let loaded = load_dir(dir.path()).unwrap();
         assert_eq!(loaded.by_uor.len(), 2, "{:?}", loaded.by_uor.keys());
@@ -164,24 +203,52 @@ mod tests {
         let skipped: HashMap<String, String> = loaded
             .skipped
             .iter()
-            .map(|s| (s.path.file_name().unwrap().to_string_lossy().to_string(), s.reason.clone()))
+            .map(|s| {
+                (
+                    s.path.file_name().unwrap().to_string_lossy().to_string(),
+                    s.reason.clone(),
+                )
+            })
             .collect();
         let mut names: Vec<&str> = skipped.keys().map(String::as_str).collect();
         names.sort_unstable();
         assert_eq!(
             names,
-            ["README.md", "bad-uor.json", "empty.json", "foreign-type.json", "huge", "other.json", "subdir"]
+            [
+                "README.md",
+                "bad-uor.json",
+                "empty.json",
+                "foreign-type.json",
+                "huge",
+                "other.json",
+                "subdir"
+            ]
         );
         assert!(skipped["subdir"].contains("not a regular file"));
         assert!(skipped["huge"].contains("larger than"));
-        assert!(skipped["foreign-type.json"].contains("payloadType"), "{}", skipped["foreign-type.json"]);
-        assert!(skipped["bad-uor.json"].contains("uor_id"), "{}", skipped["bad-uor.json"]);
+        assert!(
+            skipped["foreign-type.json"].contains("payloadType"),
+            "{}",
+            skipped["foreign-type.json"]
+        );
+        assert!(
+            skipped["bad-uor.json"].contains("uor_id"),
+            "{}",
+            skipped["bad-uor.json"]
+        );
         assert!(skipped["README.md"].contains("not a DSSE envelope"));
 
         // The loaded witnesses verify like any other.
         let now = UNIX_EPOCH + Duration::from_secs(1_700_000_100);
         let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"manifest a"));
-        let v = crate::verify_any(got_a, &[key.public()], &digest, &UorId::of(b"manifest a"), now).unwrap();
+        let v = crate::verify_any(
+            got_a,
+            &[key.public()],
+            &digest,
+            &UorId::of(b"manifest a"),
+            now,
+        )
+        .unwrap();
         assert_eq!(v.keyid, key.public().keyid());
     }
 

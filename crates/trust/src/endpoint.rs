@@ -54,7 +54,11 @@ impl WitnessResponse {
             timestamp: p.issued_at,
             witness_type: p.witness_type,
             metadata: p.metadata,
-            signature: env.signatures.first().map(|s| s.sig.clone()).unwrap_or_default(),
+            signature: env
+                .signatures
+                .first()
+                .map(|s| s.sig.clone())
+                .unwrap_or_default(),
             expires_at: p.expires_at,
             envelope: Some(env.clone()),
         })
@@ -112,14 +116,24 @@ mod tests {
         assert_eq!(resp.expires_at, "2023-11-14T22:14:20Z");
         assert_eq!(resp.signature, env.signatures[0].sig);
         let json = serde_json::to_value(&resp).unwrap();
-        for field in ["uor_id", "valid", "timestamp", "witness_type", "metadata", "signature", "expires_at", "envelope"] {
+        for field in [
+            "uor_id",
+            "valid",
+            "timestamp",
+            "witness_type",
+            "metadata",
+            "signature",
+            "expires_at",
+            "envelope",
+        ] {
             assert!(json.get(field).is_some(), "missing {field}");
         }
         assert_eq!(json["envelope"]["payloadType"], crate::PAYLOAD_TYPE);
         let back: WitnessResponse = serde_json::from_value(json).unwrap();
         assert_eq!(back, resp);
         // Other servers may omit fields.
-        let sparse: WitnessResponse = serde_json::from_str(r#"{"uor_id":"x","valid":true}"#).unwrap();
+        let sparse: WitnessResponse =
+            serde_json::from_str(r#"{"uor_id":"x","valid":true}"#).unwrap();
         assert!(sparse.envelope.is_none());
         assert_eq!(witness_path(&uor), format!("/v1/witness/{uor}"));
     }

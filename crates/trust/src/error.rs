@@ -16,7 +16,9 @@ pub enum TrustError {
 
     /// No signature of the envelope was made by any of the trusted keys
     /// (the key ids named by the signatures are listed).
-    #[error("witness is not signed by a trusted key (signature key ids: {keyids}; trusted: {trusted})")]
+    #[error(
+        "witness is not signed by a trusted key (signature key ids: {keyids}; trusted: {trusted})"
+    )]
     UntrustedKey { keyids: String, trusted: String },
 
     /// A signature claims a trusted key (or names none) but does not verify

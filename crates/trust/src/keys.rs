@@ -253,22 +253,27 @@ mod tests {
     const OPENSSL_P256_KEY: &str = include_str!("../testdata/openssl-p256.key");
 
     #[test]
-    fn ed25519_pem_round_trip_and_encodings_match_der_encoder() {
+    fn ed25519_pem_round_trip_and_encodings_match_openssl() {
         let k = SigningKey::generate();
         let pem = k.to_pem();
         assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
         let back = SigningKey::from_pem(&pem).unwrap();
         assert_eq!(back.public(), k.public());
+        // Our v1 encoding is byte-for-byte OpenSSL's.
+        let openssl = SigningKey::from_pem(OPENSSL_ED25519_KEY).unwrap();
+        assert_eq!(openssl.to_pem(), OPENSSL_ED25519_KEY);
+        // The v2 form (with the public key) that ed25519-dalek writes is read too.
         let SigningKey::Ed25519(inner) = &k;
-        assert_eq!(
-            inner.to_pkcs8_der().unwrap().as_bytes(),
-            &base64::engine::general_purpose::STANDARD
-                .decode(pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>())
-                .unwrap()[..]
-        );
+        let v2 = inner.to_pkcs8_pem(p256::pkcs8::LineEnding::LF).unwrap();
+        assert_eq!(SigningKey::from_pem(&v2).unwrap().public(), k.public());
         let public = k.public();
-        let PublicKey::Ed25519(vk) = &public else { panic!("ed25519") };
-        assert_eq!(vk.to_public_key_der().unwrap().as_bytes(), &public.to_spki_der()[..]);
+        let PublicKey::Ed25519(vk) = &public else {
+            panic!("ed25519")
+        };
+        assert_eq!(
+            vk.to_public_key_der().unwrap().as_bytes(),
+            &public.to_spki_der()[..]
+        );
         assert_eq!(PublicKey::from_pem(&public.to_pem()).unwrap(), public);
         assert_eq!(public.keyid().len(), 64);
         assert_ne!(SigningKey::generate().public().keyid(), public.keyid());
@@ -279,9 +284,15 @@ mod tests {
         let sk = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
         let vk = *sk.verifying_key();
         let public = PublicKey::EcdsaP256(vk);
-        assert_eq!(vk.to_public_key_der().unwrap().as_bytes(), &public.to_spki_der()[..]);
+        assert_eq!(
+            vk.to_public_key_der().unwrap().as_bytes(),
+            &public.to_spki_der()[..]
+        );
         assert_eq!(PublicKey::from_pem(&public.to_pem()).unwrap(), public);
-        assert_eq!(PublicKey::from_spki_der(&public.to_spki_der()).unwrap(), public);
+        assert_eq!(
+            PublicKey::from_spki_der(&public.to_spki_der()).unwrap(),
+            public
+        );
     }
 
     #[test]
@@ -310,11 +321,17 @@ mod tests {
 
     #[test]
     fn rejects_unusable_keys() {
-        let e = SigningKey::from_pem(OPENSSL_P256_KEY).unwrap_err().to_string();
+        let e = SigningKey::from_pem(OPENSSL_P256_KEY)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("only Ed25519"), "{e}");
-        let e = SigningKey::from_pem(OPENSSL_ED25519_PUB).unwrap_err().to_string();
+        let e = SigningKey::from_pem(OPENSSL_ED25519_PUB)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("public key"), "{e}");
-        let e = PublicKey::from_pem(OPENSSL_ED25519_KEY).unwrap_err().to_string();
+        let e = PublicKey::from_pem(OPENSSL_ED25519_KEY)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("private key"), "{e}");
         let e = PublicKey::from_pem("hello").unwrap_err().to_string();
         assert!(e.contains("no PEM block"), "{e}");

@@ -38,13 +38,13 @@ pub mod time;
 mod uor;
 mod witness;
 
-pub use dir::{load_dir, Skipped, WitnessDir, MAX_WITNESS_FILE};
+pub use dir::{load_dir, parse_witness_json, Skipped, WitnessDir, MAX_WITNESS_FILE};
 pub use endpoint::{ErrorResponse, VerifyRequest, VerifyResponse, WitnessResponse};
 pub use error::TrustError;
 pub use keys::{PublicKey, SigningKey};
 pub use policy::{decide, Decision, Mode};
 pub use uor::{UorHasher, UorId, R_MODULUS, STREAM_CHUNK};
 pub use witness::{
-    pae, sign, sign_payload, verify, verify_any, Envelope, Predicate, Signature, Statement, Subject, Verified,
-    CLOCK_SKEW, PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE,
+    pae, sign, sign_payload, verify, verify_any, Envelope, Predicate, Signature, Statement,
+    Subject, Verified, CLOCK_SKEW, PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE,
 };

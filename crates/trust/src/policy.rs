@@ -42,8 +42,12 @@ impl Decision {
 pub fn decide(mode: Mode, result: Result<Verified, TrustError>) -> Decision {
     match (result, mode) {
         (Ok(v), _) => Decision::Allow(v),
-        (Err(e), Mode::Enforce) => Decision::Deny { reason: e.to_string() },
-        (Err(e), Mode::Warn) => Decision::Warn { reason: e.to_string() },
+        (Err(e), Mode::Enforce) => Decision::Deny {
+            reason: e.to_string(),
+        },
+        (Err(e), Mode::Warn) => Decision::Warn {
+            reason: e.to_string(),
+        },
     }
 }
 
@@ -62,7 +66,9 @@ impl FromStr for Mode {
         match s.trim().to_ascii_lowercase().as_str() {
             "enforce" => Ok(Mode::Enforce),
             "warn" => Ok(Mode::Warn),
-            other => Err(format!("unknown trust mode {other:?} (expected \"enforce\" or \"warn\")")),
+            other => Err(format!(
+                "unknown trust mode {other:?} (expected \"enforce\" or \"warn\")"
+            )),
         }
     }
 }
@@ -93,10 +99,16 @@ mod tests {
             assert_eq!(d, Decision::Allow(verified()));
             assert!(d.permits() && d.is_verified());
         }
-        let err = || Err(TrustError::Expired { at: "2023-01-01T00:00:00Z".to_string() });
+        let err = || {
+            Err(TrustError::Expired {
+                at: "2023-01-01T00:00:00Z".to_string(),
+            })
+        };
         let d = decide(Mode::Enforce, err());
         assert!(!d.permits());
-        assert!(matches!(&d, Decision::Deny { reason } if reason.contains("expired at 2023-01-01T00:00:00Z")));
+        assert!(
+            matches!(&d, Decision::Deny { reason } if reason.contains("expired at 2023-01-01T00:00:00Z"))
+        );
         let d = decide(Mode::Warn, err());
         assert!(d.permits() && !d.is_verified());
         assert!(matches!(&d, Decision::Warn { reason } if reason.contains("expired")));

@@ -47,7 +47,9 @@ pub fn parse_rfc3339(s: &str) -> Result<SystemTime, String> {
         if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
             return Err(bad("expected digits"));
         }
-        Ok(part.iter().fold(0i64, |acc, &c| acc * 10 + i64::from(c - b'0')))
+        Ok(part
+            .iter()
+            .fold(0i64, |acc, &c| acc * 10 + i64::from(c - b'0')))
     };
     let sep = |i: usize, allowed: &[u8]| -> Result<(), String> {
         match b.get(i) {
@@ -126,7 +128,9 @@ pub fn parse_rfc3339(s: &str) -> Result<SystemTime, String> {
         return Err(bad("trailing characters"));
     }
 
-    let secs = days_from_civil(year, month, day) * SECS_PER_DAY + hour * 3600 + minute * 60 + second - offset_secs;
+    let secs =
+        days_from_civil(year, month, day) * SECS_PER_DAY + hour * 3600 + minute * 60 + second
+            - offset_secs;
     let t = if secs >= 0 {
         UNIX_EPOCH.checked_add(Duration::new(secs.unsigned_abs(), nanos))
     } else {
@@ -172,7 +176,8 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let day_of_cycle = z.rem_euclid(146_097);
     let year_of_cycle =
         (day_of_cycle - day_of_cycle / 1460 + day_of_cycle / 36_524 - day_of_cycle / 146_096) / 365;
-    let day_of_year = day_of_cycle - (365 * year_of_cycle + year_of_cycle / 4 - year_of_cycle / 100);
+    let day_of_year =
+        day_of_cycle - (365 * year_of_cycle + year_of_cycle / 4 - year_of_cycle / 100);
     let month_from_march = (5 * day_of_year + 2) / 153;
     let d = day_of_year - (153 * month_from_march + 2) / 5 + 1;
     let m = if month_from_march < 10 {
@@ -212,10 +217,22 @@ mod tests {
 
     #[test]
     fn parses_forms() {
-        assert_eq!(parse_rfc3339("2023-11-14T22:13:20Z").unwrap(), at(1_700_000_000));
-        assert_eq!(parse_rfc3339("2023-11-14t22:13:20z").unwrap(), at(1_700_000_000));
-        assert_eq!(parse_rfc3339("2023-11-14T23:13:20+01:00").unwrap(), at(1_700_000_000));
-        assert_eq!(parse_rfc3339("2023-11-14T17:43:20-04:30").unwrap(), at(1_700_000_000));
+        assert_eq!(
+            parse_rfc3339("2023-11-14T22:13:20Z").unwrap(),
+            at(1_700_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2023-11-14t22:13:20z").unwrap(),
+            at(1_700_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2023-11-14T23:13:20+01:00").unwrap(),
+            at(1_700_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2023-11-14T17:43:20-04:30").unwrap(),
+            at(1_700_000_000)
+        );
         assert_eq!(
             parse_rfc3339("2023-11-14T22:13:20.25Z").unwrap(),
             at(1_700_000_000) + Duration::from_millis(250)
@@ -224,7 +241,10 @@ mod tests {
             parse_rfc3339("2023-11-14T22:13:20.1234567891Z").unwrap(),
             at(1_700_000_000) + Duration::from_nanos(123_456_789)
         );
-        assert_eq!(parse_rfc3339("2016-12-31T23:59:60Z").unwrap(), at(1_483_228_799));
+        assert_eq!(
+            parse_rfc3339("2016-12-31T23:59:60Z").unwrap(),
+            at(1_483_228_799)
+        );
         assert_eq!(
             parse_rfc3339("1969-12-31T23:59:59Z").unwrap(),
             UNIX_EPOCH - Duration::from_secs(1)

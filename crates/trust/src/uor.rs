@@ -28,7 +28,17 @@ const SUFFIX: &[u8] = b"\"";
 /// Bytes of input hex-encoded per SHA-256 update; the stack buffer is twice this.
 pub const STREAM_CHUNK: usize = 4096;
 
-const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+/// Lowercase hex of every byte value, so encoding is one lookup per byte.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [DIGITS[i >> 4], DIGITS[i & 0x0f]];
+        i += 1;
+    }
+    table
+};
 
 /// A UOR-ID v1: `uor:v1:r<r>:<hex digest>`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -80,9 +90,9 @@ impl UorId {
         if r_str.is_empty() || r_str.len() > 2 || !r_str.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad("r must be one or two decimal digits"));
         }
-        let r = r_str
-            .bytes()
-            .fold(0u8, |acc, b| acc.saturating_mul(10).saturating_add(b - b'0'));
+        let r = r_str.bytes().fold(0u8, |acc, b| {
+            acc.saturating_mul(10).saturating_add(b - b'0')
+        });
         if r >= R_MODULUS {
             return Err(bad("r must be less than 96"));
         }
@@ -91,7 +101,11 @@ impl UorId {
         }
         let mut digest = [0u8; 32];
         for (i, pair) in digest_str.as_bytes().chunks_exact(2).enumerate() {
-            match (lower_hex_value(pair[0]), lower_hex_value(pair[1]), digest.get_mut(i)) {
+            match (
+                lower_hex_value(pair[0]),
+                lower_hex_value(pair[1]),
+                digest.get_mut(i),
+            ) {
                 (Some(hi), Some(lo), Some(slot)) => *slot = (hi << 4) | lo,
                 _ => return Err(bad("digest must be exactly 64 lowercase hex digits")),
             }
@@ -178,7 +192,11 @@ impl UorHasher {
     pub fn new() -> Self {
         let mut sha = Sha256::new();
         sha.update(PREFIX);
-        UorHasher { sha, sum: 0, len: 0 }
+        UorHasher {
+            sha,
+            sum: 0,
+            len: 0,
+        }
     }
 
     /// Adds `bytes` to the input.
@@ -188,8 +206,7 @@ impl UorHasher {
             let mut sum = 0u64;
             for (b, out) in piece.iter().zip(buf.chunks_exact_mut(2)) {
                 sum += u64::from(*b);
-                out[0] = HEX_DIGITS[usize::from(b >> 4)];
-                out[1] = HEX_DIGITS[usize::from(b & 0x0f)];
+                out.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
             }
             // Reduce as we go so the sum can never overflow.
             self.sum = (self.sum + sum) % u64::from(R_MODULUS);
@@ -245,7 +262,10 @@ mod tests {
     fn naive(bytes: &[u8]) -> String {
         let r = bytes.iter().map(|&b| u64::from(b)).sum::<u64>() % 96;
         let text = format!("uorid|\"{}\"", hex::encode(bytes));
-        format!("uor:v1:r{r}:{}", hex::encode(Sha256::digest(text.as_bytes())))
+        format!(
+            "uor:v1:r{r}:{}",
+            hex::encode(Sha256::digest(text.as_bytes()))
+        )
     }
 
     #[derive(serde::Deserialize)]
@@ -257,7 +277,8 @@ mod tests {
     }
 
     fn vectors() -> Vec<Vector> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/uor-id-vectors.json");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/uor-id-vectors.json");
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
                 "the UOR-ID known-answer vectors must be present at {} (shared/uor-id-vectors.json beside the repo): {e}",
@@ -273,14 +294,24 @@ mod tests {
     fn known_answer_vectors() {
         for v in vectors() {
             let bytes = hex::decode(&v.bytes_hex).unwrap();
-            assert_eq!(hex::encode(Sha256::digest(&bytes)), v.sha256, "{}: sha256", v.name);
+            assert_eq!(
+                hex::encode(Sha256::digest(&bytes)),
+                v.sha256,
+                "{}: sha256",
+                v.name
+            );
             let id = UorId::of(&bytes);
             assert_eq!(id.to_string(), v.uor_id, "{}: UorId::of", v.name);
             assert_eq!(naive(&bytes), v.uor_id, "{}: naive rule", v.name);
             let parsed = UorId::parse(&v.uor_id).unwrap();
             assert_eq!(parsed, id, "{}: parse", v.name);
             assert!(parsed.verify(&bytes), "{}: verify", v.name);
-            assert_eq!(UorId::from_reader(&bytes[..]).unwrap(), id, "{}: from_reader", v.name);
+            assert_eq!(
+                UorId::from_reader(&bytes[..]).unwrap(),
+                id,
+                "{}: from_reader",
+                v.name
+            );
             let mut tampered = bytes.clone();
             tampered.push(0);
             assert!(!parsed.verify(&tampered), "{}: verify tampered", v.name);
@@ -301,7 +332,14 @@ mod tests {
             .collect();
         let want = naive(&data);
         assert_eq!(UorId::of(&data).to_string(), want);
-        for step in [1usize, 7, STREAM_CHUNK - 1, STREAM_CHUNK, STREAM_CHUNK + 1, 10_000] {
+        for step in [
+            1usize,
+            7,
+            STREAM_CHUNK - 1,
+            STREAM_CHUNK,
+            STREAM_CHUNK + 1,
+            10_000,
+        ] {
             let mut h = UorHasher::new();
             for piece in data.chunks(step) {
                 h.update(piece);
@@ -376,7 +414,10 @@ mod tests {
         ];
         for (s, why) in cases {
             let err = UorId::parse(&s).expect_err(why);
-            assert!(matches!(err, TrustError::InvalidUorId { .. }), "{why}: {err}");
+            assert!(
+                matches!(err, TrustError::InvalidUorId { .. }),
+                "{why}: {err}"
+            );
         }
     }
 

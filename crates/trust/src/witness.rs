@@ -140,7 +140,13 @@ impl Statement {
     pub fn from_json(bytes: &[u8]) -> Result<Statement, TrustError> {
         let value: serde_json::Value = serde_json::from_slice(bytes)
             .map_err(|e| TrustError::Malformed(format!("statement is not JSON: {e}")))?;
-        let field = |name: &str| value.get(name).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let field = |name: &str| {
+            value
+                .get(name)
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
         let statement_type = field("_type");
         if statement_type != STATEMENT_TYPE {
             return Err(TrustError::WrongStatementType {
@@ -162,7 +168,8 @@ impl Statement {
 impl Envelope {
     /// Reads an envelope from its JSON.
     pub fn from_json(bytes: &[u8]) -> Result<Envelope, TrustError> {
-        serde_json::from_slice(bytes).map_err(|e| TrustError::Malformed(format!("not a DSSE envelope: {e}")))
+        serde_json::from_slice(bytes)
+            .map_err(|e| TrustError::Malformed(format!("not a DSSE envelope: {e}")))
     }
 
     /// The envelope as indented JSON.
@@ -180,7 +187,8 @@ impl Envelope {
 
     /// The decoded payload bytes.
     pub fn payload_bytes(&self) -> Result<Vec<u8>, TrustError> {
-        decode_base64(&self.payload).ok_or_else(|| TrustError::Malformed("payload is not base64".to_string()))
+        decode_base64(&self.payload)
+            .ok_or_else(|| TrustError::Malformed("payload is not base64".to_string()))
     }
 
     /// The statement inside, **unverified**: for indexing and display only,
@@ -199,7 +207,12 @@ impl Envelope {
 /// DSSE v1 pre-authentication encoding:
 /// `"DSSEv1" SP len(type) SP type SP len(body) SP body`, lengths in ASCII decimal bytes.
 pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
-    let head = format!("DSSEv1 {} {} {} ", payload_type.len(), payload_type, payload.len());
+    let head = format!(
+        "DSSEv1 {} {} {} ",
+        payload_type.len(),
+        payload_type,
+        payload.len()
+    );
     let mut out = Vec::with_capacity(head.len() + payload.len());
     out.extend_from_slice(head.as_bytes());
     out.extend_from_slice(payload);
@@ -243,8 +256,8 @@ pub fn sign(
         witness_type,
         metadata,
     )?;
-    let payload =
-        serde_json::to_vec(&statement).map_err(|e| TrustError::Malformed(format!("cannot encode statement: {e}")))?;
+    let payload = serde_json::to_vec(&statement)
+        .map_err(|e| TrustError::Malformed(format!("cannot encode statement: {e}")))?;
     Ok(sign_payload(key, PAYLOAD_TYPE, &payload))
 }
 
@@ -282,7 +295,9 @@ pub fn verify(
         });
     }
     if env.signatures.is_empty() {
-        return Err(TrustError::Malformed("envelope has no signatures".to_string()));
+        return Err(TrustError::Malformed(
+            "envelope has no signatures".to_string(),
+        ));
     }
     let payload = env.payload_bytes()?;
     let keyid = check_signatures(env, &payload, trusted)?;
@@ -299,7 +314,11 @@ pub fn verify(
             found: if found.is_empty() {
                 "no sha256 subject".to_string()
             } else {
-                found.iter().map(|d| format!("sha256:{d}")).collect::<Vec<_>>().join(", ")
+                found
+                    .iter()
+                    .map(|d| format!("sha256:{d}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             },
         });
     }
@@ -314,9 +333,10 @@ pub fn verify(
         });
     }
 
-    let issued_at = parse_rfc3339(&p.issued_at).map_err(|e| TrustError::Malformed(format!("issued_at: {e}")))?;
-    let expires_at =
-        parse_rfc3339(&p.expires_at).map_err(|e| TrustError::Malformed(format!("expires_at: {e}")))?;
+    let issued_at = parse_rfc3339(&p.issued_at)
+        .map_err(|e| TrustError::Malformed(format!("issued_at: {e}")))?;
+    let expires_at = parse_rfc3339(&p.expires_at)
+        .map_err(|e| TrustError::Malformed(format!("expires_at: {e}")))?;
     if expires_at <= issued_at {
         return Err(TrustError::Malformed(format!(
             "expires_at ({}) is not after issued_at ({})",
@@ -368,7 +388,9 @@ pub fn verify_any(
             }
         }
     }
-    Err(best.unwrap_or(TrustError::NoWitness { uor_id: uor.to_string() }))
+    Err(best.unwrap_or(TrustError::NoWitness {
+        uor_id: uor.to_string(),
+    }))
 }
 
 /// How far verification got before an error: higher means the envelope was
@@ -389,7 +411,11 @@ fn stage(e: &TrustError) -> u8 {
 }
 
 /// Returns the key id of the trusted key that signed the PAE, or why none did.
-fn check_signatures(env: &Envelope, payload: &[u8], trusted: &[PublicKey]) -> Result<String, TrustError> {
+fn check_signatures(
+    env: &Envelope,
+    payload: &[u8],
+    trusted: &[PublicKey],
+) -> Result<String, TrustError> {
     let message = pae(&env.payload_type, payload);
     let trusted_ids: Vec<String> = trusted.iter().map(PublicKey::keyid).collect();
     for sig in &env.signatures {
@@ -466,7 +492,10 @@ mod tests {
     const REF: &str = "registry.example/app:1";
 
     fn digest() -> String {
-        format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(MANIFEST)))
+        format!(
+            "sha256:{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(MANIFEST))
+        )
     }
     fn issued() -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_700_000_000)
@@ -481,11 +510,29 @@ mod tests {
         UorId::of(MANIFEST)
     }
     fn statement() -> Statement {
-        Statement::for_image(REF, &digest(), &uor(), issued(), expires(), "ci", serde_json::json!({"run": 7}))
-            .unwrap()
+        Statement::for_image(
+            REF,
+            &digest(),
+            &uor(),
+            issued(),
+            expires(),
+            "ci",
+            serde_json::json!({"run": 7}),
+        )
+        .unwrap()
     }
     fn witness(key: &SigningKey) -> Envelope {
-        sign(key, REF, &digest(), &uor(), issued(), expires(), "ci", serde_json::json!({"run": 7})).unwrap()
+        sign(
+            key,
+            REF,
+            &digest(),
+            &uor(),
+            issued(),
+            expires(),
+            "ci",
+            serde_json::json!({"run": 7}),
+        )
+        .unwrap()
     }
     fn check(env: &Envelope, key: &PublicKey) -> Result<Verified, TrustError> {
         verify(env, std::slice::from_ref(key), &digest(), &uor(), now())
@@ -533,7 +580,10 @@ mod tests {
         assert_eq!(st["_type"], STATEMENT_TYPE);
         assert_eq!(st["predicateType"], PREDICATE_TYPE);
         assert_eq!(st["subject"][0]["name"], REF);
-        assert_eq!(st["subject"][0]["digest"]["sha256"], digest().trim_start_matches("sha256:"));
+        assert_eq!(
+            st["subject"][0]["digest"]["sha256"],
+            digest().trim_start_matches("sha256:")
+        );
         assert_eq!(st["predicate"]["uor_id"], uor().to_string());
         assert_eq!(st["predicate"]["issued_at"], "2023-11-14T22:13:20Z");
         assert_eq!(st["predicate"]["expires_at"], "2023-11-15T22:13:20Z");
@@ -558,11 +608,18 @@ mod tests {
         let public = PublicKey::EcdsaP256(*sk.verifying_key());
         let payload = serde_json::to_vec(&statement()).unwrap();
         let sig: p256::ecdsa::Signature = sk.sign(&pae(PAYLOAD_TYPE, &payload));
-        let sig_bytes = if der { sig.to_der().as_bytes().to_vec() } else { sig.to_bytes().to_vec() };
+        let sig_bytes = if der {
+            sig.to_der().as_bytes().to_vec()
+        } else {
+            sig.to_bytes().to_vec()
+        };
         let env = Envelope {
             payload_type: PAYLOAD_TYPE.to_string(),
             payload: b64(&payload),
-            signatures: vec![Signature { keyid: String::new(), sig: b64(&sig_bytes) }],
+            signatures: vec![Signature {
+                keyid: String::new(),
+                sig: b64(&sig_bytes),
+            }],
         };
         (env, public)
     }
@@ -575,15 +632,28 @@ mod tests {
             assert_eq!(v.keyid, public.keyid());
             // The P-256 key trusted among others.
             let other = SigningKey::generate().public();
-            assert!(verify(&env, &[other.clone(), public.clone()], &digest(), &uor(), now()).is_ok());
+            assert!(verify(
+                &env,
+                &[other.clone(), public.clone()],
+                &digest(),
+                &uor(),
+                now()
+            )
+            .is_ok());
             // Not trusted: rejected.
-            assert!(matches!(check(&env, &other), Err(TrustError::BadSignature(_))));
+            assert!(matches!(
+                check(&env, &other),
+                Err(TrustError::BadSignature(_))
+            ));
             // Tampered: rejected.
             let mut bad = env.clone();
             let mut payload = bad.payload_bytes().unwrap();
             payload[10] ^= 1;
             bad.payload = b64(&payload);
-            assert!(matches!(check(&bad, &public), Err(TrustError::BadSignature(_))), "der={der}");
+            assert!(
+                matches!(check(&bad, &public), Err(TrustError::BadSignature(_))),
+                "der={der}"
+            );
         }
     }
 
@@ -674,7 +744,10 @@ mod tests {
         let err = at(expires()).unwrap_err();
         assert!(matches!(err, TrustError::Expired { .. }), "{err}");
         assert!(err.to_string().contains("2023-11-15T22:13:20Z"), "{err}");
-        assert!(matches!(at(expires() + Duration::from_secs(86_400)), Err(TrustError::Expired { .. })));
+        assert!(matches!(
+            at(expires() + Duration::from_secs(86_400)),
+            Err(TrustError::Expired { .. })
+        ));
         // Issued in the future: within the skew is fine, beyond it is not.
         assert!(at(issued() - Duration::from_secs(59)).is_ok());
         assert!(at(issued() - CLOCK_SKEW).is_ok());
@@ -698,13 +771,19 @@ mod tests {
         st.predicate_type = "https://slsa.dev/provenance/v1".to_string();
         let env = sign_payload(&key, PAYLOAD_TYPE, &serde_json::to_vec(&st).unwrap());
         let err = check(&env, &key.public()).unwrap_err();
-        assert!(matches!(err, TrustError::WrongPredicateType { .. }), "{err}");
+        assert!(
+            matches!(err, TrustError::WrongPredicateType { .. }),
+            "{err}"
+        );
 
         let mut st = statement();
         st.statement_type = "https://in-toto.io/Statement/v0.1".to_string();
         let env = sign_payload(&key, PAYLOAD_TYPE, &serde_json::to_vec(&st).unwrap());
         let err = check(&env, &key.public()).unwrap_err();
-        assert!(matches!(err, TrustError::WrongStatementType { .. }), "{err}");
+        assert!(
+            matches!(err, TrustError::WrongStatementType { .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -712,25 +791,40 @@ mod tests {
         let key = SigningKey::generate();
         let mut env = witness(&key);
         env.signatures.clear();
-        assert!(matches!(check(&env, &key.public()), Err(TrustError::Malformed(_))));
+        assert!(matches!(
+            check(&env, &key.public()),
+            Err(TrustError::Malformed(_))
+        ));
 
         let mut env = witness(&key);
         env.payload = "%%%".to_string();
-        assert!(matches!(check(&env, &key.public()), Err(TrustError::Malformed(_))));
+        assert!(matches!(
+            check(&env, &key.public()),
+            Err(TrustError::Malformed(_))
+        ));
 
         // Signed, but not a statement.
         let env = sign_payload(&key, PAYLOAD_TYPE, b"not json");
-        assert!(matches!(check(&env, &key.public()), Err(TrustError::Malformed(_))));
+        assert!(matches!(
+            check(&env, &key.public()),
+            Err(TrustError::Malformed(_))
+        ));
 
         // Signed, but the times are nonsense.
         let mut st = statement();
         st.predicate.expires_at = "tomorrow".to_string();
         let env = sign_payload(&key, PAYLOAD_TYPE, &serde_json::to_vec(&st).unwrap());
-        assert!(matches!(check(&env, &key.public()), Err(TrustError::Malformed(_))));
+        assert!(matches!(
+            check(&env, &key.public()),
+            Err(TrustError::Malformed(_))
+        ));
         let mut st = statement();
         st.predicate.expires_at = st.predicate.issued_at.clone();
         let env = sign_payload(&key, PAYLOAD_TYPE, &serde_json::to_vec(&st).unwrap());
-        assert!(matches!(check(&env, &key.public()), Err(TrustError::Malformed(_))));
+        assert!(matches!(
+            check(&env, &key.public()),
+            Err(TrustError::Malformed(_))
+        ));
 
         // A bad manifest digest from the caller.
         let env = witness(&key);
@@ -747,7 +841,17 @@ mod tests {
         let d = digest();
         let u = uor();
         let meta = serde_json::Value::Null;
-        assert!(sign(&key, REF, "md5:abc", &u, issued(), expires(), "ci", meta.clone()).is_err());
+        assert!(sign(
+            &key,
+            REF,
+            "md5:abc",
+            &u,
+            issued(),
+            expires(),
+            "ci",
+            meta.clone()
+        )
+        .is_err());
         assert!(sign(&key, REF, &d, &u, issued(), issued(), "ci", meta.clone()).is_err());
         // Less than a whole second apart: equal once written.
         let almost = issued() + Duration::from_millis(500);
@@ -770,9 +874,23 @@ mod tests {
         )
         .unwrap();
         let trusted = [key.public()];
-        let err = verify_any(&[stranger.clone(), expired.clone()], &trusted, &digest(), &uor(), now()).unwrap_err();
+        let err = verify_any(
+            &[stranger.clone(), expired.clone()],
+            &trusted,
+            &digest(),
+            &uor(),
+            now(),
+        )
+        .unwrap_err();
         assert!(matches!(err, TrustError::Expired { .. }), "{err}");
-        let err = verify_any(&[expired, stranger.clone()], &trusted, &digest(), &uor(), now()).unwrap_err();
+        let err = verify_any(
+            &[expired, stranger.clone()],
+            &trusted,
+            &digest(),
+            &uor(),
+            now(),
+        )
+        .unwrap_err();
         assert!(matches!(err, TrustError::Expired { .. }), "{err}");
         let good = witness(&key);
         assert!(verify_any(&[stranger, good], &trusted, &digest(), &uor(), now()).is_ok());

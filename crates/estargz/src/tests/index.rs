@@ -634,3 +634,24 @@ fn all_chunks_in_blob_order() {
         ]
     );
 }
+
+#[test]
+fn interleaved_directories() {
+    let idx = build(vec![
+        reg("a/x", 0, 0),
+        reg("b/y", 0, 0),
+        reg("a/z", 0, 0),
+        reg("a/b/c", 0, 0),
+        reg("b/y2", 0, 0),
+    ])
+    .unwrap();
+    for p in ["a/x", "b/y", "a/z", "a/b/c", "b/y2"] {
+        assert!(path(&idx, p).is_some(), "{p}");
+    }
+    assert_eq!(idx.children(path(&idx, "a").unwrap()).len(), 3);
+    assert_eq!(idx.children(path(&idx, "b").unwrap()).len(), 2);
+    expect_err(
+        vec![reg("a/b/c", 0, 0), reg("a/b/d", 0, 0), reg("a/b", 0, 0)],
+        "other entries lie below it",
+    );
+}
