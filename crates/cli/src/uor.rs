@@ -72,7 +72,8 @@ fn id_of_file(file: Option<&Path>) -> anyhow::Result<UorId> {
             UorId::from_reader(std::io::stdin().lock()).context("cannot read standard input")
         }
         Some(p) => {
-            let f = std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
+            let f =
+                std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
             UorId::from_reader(std::io::BufReader::with_capacity(1 << 16, f))
                 .with_context(|| format!("cannot read {}", p.display()))
         }
@@ -103,8 +104,12 @@ pub(crate) struct ResolvedImage {
 
 /// Resolves `reference` to its platform manifest (digest-verified by the
 /// registry client, and checked again here) and computes its UOR-ID.
-pub(crate) async fn resolve_image(reference: &str, cfg: RegistryConfig) -> anyhow::Result<ResolvedImage> {
-    let r = Reference::parse(reference).with_context(|| format!("invalid image reference {reference:?}"))?;
+pub(crate) async fn resolve_image(
+    reference: &str,
+    cfg: RegistryConfig,
+) -> anyhow::Result<ResolvedImage> {
+    let r = Reference::parse(reference)
+        .with_context(|| format!("invalid image reference {reference:?}"))?;
     let client = RegistryClient::new(cfg).context("cannot set up the registry client")?;
     let (_index, manifest) = client
         .resolve_platform(&r)

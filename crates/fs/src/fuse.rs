@@ -7,10 +7,12 @@
 //! attributes get long TTLs and files are opened with `FOPEN_KEEP_CACHE`,
 //! which keeps their pages across opens (a second read never reaches us).
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -27,10 +29,22 @@ use crate::layer::Layer;
 const TTL: Duration = Duration::from_secs(3600);
 const BLOCK: u32 = 4096;
 
+/// How the open handles of one inode read: through us, or passthrough to a
+/// cache file. The kernel refuses to mix the two on one inode, and wants one
+/// backing id per inode while it has passthrough handles.
+#[derive(Debug)]
+enum OpenState {
+    Normal(u32),
+    Passthrough(fuser::BackingId, u32),
+}
+
 /// The filesystem handed to fuser.
 #[derive(Debug)]
 pub struct LayerFs {
     layer: Arc<Layer>,
+    /// The kernel accepted FUSE passthrough (Linux ≥ 6.9, CAP_SYS_ADMIN).
+    passthrough: AtomicBool,
+    opens: Mutex<HashMap<u64, OpenState>>,
 }
 
 fn kind_of(k: NodeKind) -> FileType {
@@ -88,7 +102,62 @@ pub fn attr_of(node: &Node) -> FileAttr {
 
 impl LayerFs {
     pub fn new(layer: Arc<Layer>) -> Self {
-        LayerFs { layer }
+        LayerFs {
+            layer,
+            passthrough: AtomicBool::new(false),
+            opens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The cache file holding all of regular file `node`, when its only
+    /// chunk is cached: such a file can be served by the kernel directly.
+    fn complete_file(&self, node: &Node) -> Option<std::fs::File> {
+        let [c] = node.chunks.as_slice() else {
+            return None;
+        };
+        if c.file_offset != 0 || c.size != node.size {
+            return None;
+        }
+        let path = self.layer.cache().path_of(&c.digest)?;
+        std::fs::File::open(path).ok()
+    }
+
+    /// Opens `node` for reading, with passthrough when possible.
+    fn open_file(&self, node: &Node, reply: ReplyOpen) {
+        let Ok(mut opens) = self.opens.lock() else {
+            return reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+        };
+        match opens.get_mut(&node.ino) {
+            Some(OpenState::Passthrough(id, n)) => {
+                *n += 1;
+                self.obs().fuse_op("open_passthrough", true);
+                return reply.opened_passthrough(FileHandle(1), FopenFlags::empty(), id);
+            }
+            Some(OpenState::Normal(n)) => {
+                *n += 1;
+                return reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            None => {}
+        }
+        if self.passthrough.load(Ordering::Relaxed) {
+            if let Some(file) = self.complete_file(node) {
+                match reply.open_backing(&file) {
+                    Ok(id) => {
+                        reply.opened_passthrough(FileHandle(1), FopenFlags::empty(), &id);
+                        opens.insert(node.ino, OpenState::Passthrough(id, 1));
+                        self.obs().fuse_op("open_passthrough", true);
+                        return;
+                    }
+                    Err(e) => {
+                        // e.g. the kernel lacks passthrough after all: stop trying.
+                        tracing::info!(error = %e, "FUSE passthrough unavailable; serving reads in userspace");
+                        self.passthrough.store(false, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        opens.insert(node.ino, OpenState::Normal(1));
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
     fn obs(&self) -> &dyn crate::observer::Observer {
@@ -113,6 +182,14 @@ fn xattr_reply(reply: ReplyXattr, size: u32, data: &[u8]) {
 impl Filesystem for LayerFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_readahead(1024 * 1024);
+        // Passthrough for files complete in the cache. Stack depth 1: the
+        // backing files are on a plain filesystem, and overlayfs stacks on us.
+        let ok = config
+            .add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH)
+            .is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        self.passthrough.store(ok, Ordering::Relaxed);
+        tracing::debug!(passthrough = ok, "FUSE session initialised");
         Ok(())
     }
 
@@ -157,7 +234,7 @@ impl Filesystem for LayerFs {
         match node {
             Ok(n) if n.kind == NodeKind::Dir => reply.error(Errno::EISDIR),
             Ok(_) if flags.acc_mode() != OpenAccMode::O_RDONLY => reply.error(Errno::EROFS),
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(n) => self.open_file(n, reply),
             Err(e) => reply.error(e),
         }
     }
@@ -205,13 +282,25 @@ impl Filesystem for LayerFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if let Ok(mut opens) = self.opens.lock() {
+            let last = match opens.get_mut(&ino.0) {
+                Some(OpenState::Normal(n)) | Some(OpenState::Passthrough(_, n)) => {
+                    *n = n.saturating_sub(1);
+                    *n == 0
+                }
+                None => false,
+            };
+            if last {
+                opens.remove(&ino.0); // drops (closes) a backing id
+            }
+        }
         reply.ok();
     }
 

@@ -100,6 +100,17 @@ pub struct LayerStats {
     pub chunks_total: AtomicU64,
 }
 
+/// A chunk's identity within its blob: several small files may share one
+/// gzip member (same `blob_offset`, different `inner_offset`).
+fn key(c: &Chunk) -> (u64, u64) {
+    (c.blob_offset, c.inner_offset)
+}
+
+/// Whether `b` directly follows `a` in the blob (next member, or the same one).
+fn adjacent(a: &Chunk, b: &Chunk) -> bool {
+    a.blob_offset + a.blob_len == b.blob_offset || a.blob_offset == b.blob_offset
+}
+
 #[derive(Debug, Default)]
 struct Flight {
     done: Mutex<Option<Result<(), String>>>,
@@ -146,7 +157,7 @@ pub struct Layer {
     cfg: LayerConfig,
     /// Every chunk, in blob order: (inode, chunk index in the node).
     order: Vec<(u64, usize)>,
-    inflight: Mutex<HashMap<u64, Arc<Flight>>>,
+    inflight: Mutex<HashMap<(u64, u64), Arc<Flight>>>,
     closed: AtomicBool,
     observer: Arc<dyn Observer>,
     pub stats: LayerStats,
@@ -170,11 +181,11 @@ impl Layer {
         cfg: LayerConfig,
         observer: Arc<dyn Observer>,
     ) -> Layer {
-        let mut order: Vec<(u64, usize, u64)> = Vec::new();
+        let mut order: Vec<(u64, usize, (u64, u64))> = Vec::new();
         for (ino, c) in index.all_chunks() {
             if let Some(node) = index.node(ino) {
                 if let Some(i) = node.chunks.iter().position(|x| std::ptr::eq(x, c)) {
-                    order.push((ino, i, c.blob_offset));
+                    order.push((ino, i, key(c)));
                 }
             }
         }
@@ -238,11 +249,11 @@ impl Layer {
 
     fn pos_of(&self, chunk: &Chunk) -> Option<usize> {
         self.order
-            .binary_search_by_key(&chunk.blob_offset, |(ino, i)| {
+            .binary_search_by_key(&key(chunk), |(ino, i)| {
                 self.index
                     .node(*ino)
                     .and_then(|n| n.chunks.get(*i))
-                    .map_or(0, |c| c.blob_offset)
+                    .map_or((0, 0), key)
             })
             .ok()
     }
@@ -313,7 +324,7 @@ impl Layer {
         let mut extra = 0;
         let mut next = pos + 1;
         while let (Some(prev), Some(c)) = (self.chunk_at(next - 1), self.chunk_at(next)) {
-            if prev.blob_offset + prev.blob_len != c.blob_offset
+            if !adjacent(prev, c)
                 || extra + c.blob_len > self.cfg.readaround
                 || self.cache.contains(&c.digest)
             {
@@ -336,7 +347,7 @@ impl Layer {
             .inflight
             .lock()
             .ok()
-            .and_then(|m| m.get(&chunk.blob_offset).cloned());
+            .and_then(|m| m.get(&key(chunk)).cloned());
         let Some(flight) = flight else {
             // Not cached and nobody fetching: fetch it alone.
             let pos = self.pos_of(chunk).unwrap_or(usize::MAX);
@@ -355,7 +366,7 @@ impl Layer {
             .inflight
             .lock()
             .ok()
-            .and_then(|m| m.get(&chunk.blob_offset).cloned())
+            .and_then(|m| m.get(&key(chunk)).cloned())
         {
             Some(f) => self.finish_wait(&f, chunk),
             None => Err(ReadError::Fetch {
@@ -394,11 +405,11 @@ impl Layer {
             };
             for &p in positions {
                 let Some(c) = self.chunk_at(p) else { continue };
-                if self.cache.contains(&c.digest) || inflight.contains_key(&c.blob_offset) {
+                if self.cache.contains(&c.digest) || inflight.contains_key(&key(c)) {
                     continue;
                 }
                 let f = Arc::new(Flight::default());
-                inflight.insert(c.blob_offset, Arc::clone(&f));
+                inflight.insert(key(c), Arc::clone(&f));
                 mine.push((p, f));
             }
         }
@@ -413,9 +424,7 @@ impl Layer {
                     break;
                 };
                 let start = self.chunk_at(mine[i].0).map_or(0, |c| c.blob_offset);
-                if a.blob_offset + a.blob_len != b.blob_offset
-                    || b.blob_offset + b.blob_len - start > self.cfg.max_request
-                {
+                if !adjacent(a, b) || b.blob_offset + b.blob_len - start > self.cfg.max_request {
                     break;
                 }
                 j += 1;
@@ -512,7 +521,7 @@ impl Layer {
             }
             flight.finish(r);
             if let Ok(mut m) = self.inflight.lock() {
-                m.remove(&c.blob_offset);
+                m.remove(&key(c));
             }
         }
         first_err.map_or(Ok(()), Err)
@@ -523,7 +532,7 @@ impl Layer {
         for (p, f) in run {
             f.finish(r.clone());
             if let (Some(m), Some(c)) = (m.as_mut(), self.chunk_at(*p)) {
-                m.remove(&c.blob_offset);
+                m.remove(&key(c));
             }
         }
     }

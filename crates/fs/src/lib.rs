@@ -97,5 +97,8 @@ pub fn index_from_region(
     blob_size: u64,
 ) -> Result<Index, hologram_estargz::Error> {
     let (toc, _) = decode_toc(region, Some(toc_digest))?;
-    Index::build(&toc, blob_size)
+    let toc_offset = blob_size
+        .saturating_sub(FOOTER_SIZE)
+        .saturating_sub(region.len() as u64);
+    Index::build_with_toc_offset(&toc, blob_size, toc_offset)
 }
