@@ -2,7 +2,7 @@
 """Build the deterministic 3-layer OCI test image used by the e2e tests and `make demo`.
 
 Usage:
-    python3 scripts/mkimage.py OUT_LAYOUT_DIR TAG [--busybox PATH]
+    python3 scripts/mkimage.py OUT_LAYOUT_DIR TAG [--busybox PATH] [--xattrs]
 
 Writes an OCI image layout (oci-layout, index.json, blobs/sha256/...) into
 OUT_LAYOUT_DIR (created if missing; an existing index.json is replaced) and
@@ -28,6 +28,16 @@ the output is byte-for-byte reproducible):
      hardlink data/hard.txt -> data/layer2.txt
   3. regular file /replaced ("now a file") replacing the directory of layer 1,
      modified /data/keep.txt
+
+With --xattrs a 4th layer is added (layers 1-3 stay byte-identical):
+
+  4. /data/rand-1.bin, /data/rand-2.bin, /data/rand-3.bin (64 KiB each of
+     deterministic incompressible bytes, in this tar order), /bin/sha256sum
+     (busybox applet), /xattr (directory with user.hologram=dir) and
+     /xattr/cap-file (0755, user.hologram=test and a v2 security.capability
+     granting cap_net_bind_service), xattrs written as PAX SCHILY.xattr.*
+     records. The summary then also lists "files": path -> sha256 of the
+     content for the files of layer 4.
 """
 
 import argparse
@@ -60,6 +70,13 @@ NEW = b"new in layer 2 (opaque dir)\n"
 NOW_A_FILE = b"now a file\n"
 
 
+def _set_xattrs(ti, xattrs):
+    """Extended attributes as PAX SCHILY.xattr.NAME records (binary values
+    survive: tarfile writes them back with surrogateescape)."""
+    for key, value in sorted((xattrs or {}).items()):
+        ti.pax_headers["SCHILY.xattr." + key] = value.decode("utf-8", "surrogateescape")
+
+
 class Layer:
     """Collects tar entries and renders them deterministically."""
 
@@ -77,12 +94,15 @@ class Layer:
         ti.mtime = 0
         return ti
 
-    def dir(self, name, mode=0o755, uid=0, gid=0):
-        self.entries.append((name, self._info(name, tarfile.DIRTYPE, mode, uid, gid), None))
+    def dir(self, name, mode=0o755, uid=0, gid=0, xattrs=None):
+        ti = self._info(name, tarfile.DIRTYPE, mode, uid, gid)
+        _set_xattrs(ti, xattrs)
+        self.entries.append((name, ti, None))
 
-    def file(self, name, data, mode=0o644, uid=0, gid=0):
+    def file(self, name, data, mode=0o644, uid=0, gid=0, xattrs=None):
         ti = self._info(name, tarfile.REGTYPE, mode, uid, gid)
         ti.size = len(data)
+        _set_xattrs(ti, xattrs)
         self.entries.append((name, ti, data))
 
     def symlink(self, name, target):
@@ -109,6 +129,28 @@ class Layer:
         with gzip.GzipFile(filename="", mode="wb", fileobj=gz, mtime=0, compresslevel=6) as g:
             g.write(tar_bytes)
         return tar_bytes, gz.getvalue()
+
+
+# struct vfs_cap_data, revision 2 (linux/capability.h): magic_etc =
+# VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE, then {permitted, inheritable}
+# x 2 as little-endian u32; permitted[0] = 1 << CAP_NET_BIND_SERVICE (10).
+CAP_NET_BIND_SERVICE_V2 = (
+    (0x02000000 | 0x1).to_bytes(4, "little")
+    + (1 << 10).to_bytes(4, "little") + bytes(4)
+    + bytes(8)
+)
+RAND_SIZE = 64 * 1024
+CAP_FILE = b"#!/bin/sh\necho cap-file\n"
+
+
+def pseudo_random(seed, size):
+    """Deterministic incompressible bytes (SHA-256 in counter mode)."""
+    out = bytearray()
+    n = 0
+    while len(out) < size:
+        out += hashlib.sha256(seed + n.to_bytes(8, "big")).digest()
+        n += 1
+    return bytes(out[:size])
 
 
 def sha256(data):
@@ -159,6 +201,26 @@ def build_layers(busybox):
     return [l1, l2, l3]
 
 
+def build_xattr_layer():
+    """Layer 4 of the --xattrs variant, and path -> sha256 of its files."""
+    rand = {
+        "data/rand-%d.bin" % i: pseudo_random(b"hologram-e2e rand-%d" % i, RAND_SIZE)
+        for i in (1, 2, 3)
+    }
+    l4 = Layer()
+    l4.dir("bin")
+    l4.symlink("bin/sha256sum", "busybox")
+    l4.dir("data")
+    for name in sorted(rand):
+        l4.file(name, rand[name])
+    l4.dir("xattr", xattrs={"user.hologram": b"dir"})
+    l4.file("xattr/cap-file", CAP_FILE, mode=0o755,
+            xattrs={"user.hologram": b"test", "security.capability": CAP_NET_BIND_SERVICE_V2})
+    files = {name: sha256(data) for name, data in rand.items()}
+    files["xattr/cap-file"] = sha256(CAP_FILE)
+    return l4, files
+
+
 def write_blob(layout, data):
     digest = sha256(data)
     path = os.path.join(layout, "blobs", "sha256", digest.split(":", 1)[1])
@@ -179,6 +241,9 @@ def main(argv):
     ap.add_argument("tag", help="tag (org.opencontainers.image.ref.name) of the manifest")
     ap.add_argument("--busybox", default="/bin/busybox",
                     help="statically linked busybox binary (default /bin/busybox)")
+    ap.add_argument("--xattrs", action="store_true",
+                    help="add a 4th layer with xattrs (user.*, security.capability) "
+                         "and incompressible files")
     args = ap.parse_args(argv)
 
     try:
@@ -190,8 +255,14 @@ def main(argv):
 
     os.makedirs(os.path.join(args.out, "blobs", "sha256"), exist_ok=True)
 
+    layers = build_layers(busybox)
+    files = None
+    if args.xattrs:
+        l4, files = build_xattr_layer()
+        layers.append(l4)
+
     layer_descs, diff_ids = [], []
-    for layer in build_layers(busybox):
+    for layer in layers:
         tar_bytes, gz_bytes = layer.render()
         diff_ids.append(sha256(tar_bytes))
         digest = write_blob(args.out, gz_bytes)
@@ -254,6 +325,8 @@ def main(argv):
         "diff_ids": diff_ids,
         "chain_ids": chain_ids,
     }
+    if files is not None:
+        summary["files"] = files
     json.dump(summary, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

@@ -3,6 +3,8 @@
 //! * `pull` — remote-snapshot pull through containerd (see `pull.rs`);
 //! * `convert` — rewrite an image into eStargz and push it (see `convert.rs`);
 //! * `status` — a terminal summary of a daemon's /metrics (see `status.rs`);
+//! * `uor` — UOR-IDs of files and images (see `uor.rs`);
+//! * `witness` — keys, signing, verification, the witness endpoint (see `witness.rs`);
 //! * `ping` — does a snapshotter answer on its socket;
 //! * `version`.
 
@@ -14,6 +16,8 @@ use clap::{Parser, Subcommand};
 mod convert;
 mod pull;
 mod status;
+mod uor;
+mod witness;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -72,6 +76,16 @@ enum Command {
         source: String,
         /// Target image
         target: String,
+    },
+    /// UOR-IDs of files and images
+    Uor {
+        #[command(subcommand)]
+        cmd: uor::UorCommand,
+    },
+    /// Witnesses: keys, signing, verification, serving
+    Witness {
+        #[command(subcommand)]
+        cmd: witness::WitnessCommand,
     },
     /// Summarise a running daemon from its /metrics endpoint
     Status(status::StatusArgs),
@@ -144,6 +158,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{target}@{digest}");
             Ok(())
         }
+        Command::Uor { cmd } => runtime()?.block_on(uor::run(cmd)),
+        Command::Witness { cmd } => runtime()?.block_on(witness::run(cmd)),
         Command::Status(args) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -159,6 +175,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(ping(address))
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 async fn ping(address: PathBuf) -> anyhow::Result<()> {

@@ -43,7 +43,7 @@ pub async fn run(cmd: UorCommand) -> anyhow::Result<()> {
             let id = tokio::task::spawn_blocking(move || id_of_file(file.as_deref()))
                 .await
                 .context("the hashing task failed")??;
-            println!("{id}");
+            write_stdout(&format!("{id}\n"))?;
         }
         UorCommand::Resolve {
             plain_http,
@@ -58,7 +58,7 @@ pub async fn run(cmd: UorCommand) -> anyhow::Result<()> {
                     image.reference, image.manifest_digest, image.media_type, image.size
                 );
             }
-            println!("{}", image.uor_id);
+            write_stdout(&format!("{}\n", image.uor_id))?;
         }
     }
     Ok(())
@@ -77,6 +77,19 @@ fn id_of_file(file: Option<&Path>) -> anyhow::Result<UorId> {
             UorId::from_reader(std::io::BufReader::with_capacity(1 << 16, f))
                 .with_context(|| format!("cannot read {}", p.display()))
         }
+    }
+}
+
+/// Writes `text` to standard output. A closed pipe (`| head`) is not an
+/// error: the reader has what it wanted.
+pub(crate) fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write to standard output")
+        }
+        _ => Ok(()),
     }
 }
 

@@ -28,7 +28,7 @@ use hologram_trust::endpoint::{
 };
 use hologram_trust::{Envelope, PublicKey, SigningKey, UorId};
 
-use crate::uor::{registry_config, resolve_image};
+use crate::uor::{registry_config, resolve_image, write_stdout};
 
 /// Environment variable naming the witness endpoint.
 pub const ENDPOINT_ENV: &str = "HOLOGRAM_WITNESS_ENDPOINT";
@@ -152,13 +152,7 @@ pub async fn run(cmd: WitnessCommand) -> anyhow::Result<()> {
                         path.display()
                     );
                 }
-                None => {
-                    let mut stdout = std::io::stdout().lock();
-                    stdout
-                        .write_all(json.as_bytes())
-                        .and_then(|()| stdout.flush())
-                        .context("cannot write to standard output")?;
-                }
+                None => write_stdout(&json)?,
             }
             Ok(())
         }
@@ -202,19 +196,16 @@ pub async fn run(cmd: WitnessCommand) -> anyhow::Result<()> {
             .with_context(|| {
                 format!("witness of {reference} ({}) is not accepted", image.uor_id)
             })?;
-            println!("verified {reference}");
-            println!("  uor_id:       {}", verified.uor_id);
-            println!("  manifest:     {}", verified.manifest_digest);
-            println!("  signed by:    {}", verified.keyid);
-            println!("  witness_type: {}", verified.witness_type);
-            println!(
-                "  issued_at:    {}",
-                hologram_trust::time::format_rfc3339(verified.issued_at)
-            );
-            println!(
-                "  expires_at:   {}",
-                hologram_trust::time::format_rfc3339(verified.expires_at)
-            );
+            let fmt = hologram_trust::time::format_rfc3339;
+            write_stdout(&format!(
+                "verified {reference}\n  uor_id:       {}\n  manifest:     {}\n  signed by:    {}\n  witness_type: {}\n  issued_at:    {}\n  expires_at:   {}\n",
+                verified.uor_id,
+                verified.manifest_digest,
+                verified.keyid,
+                verified.witness_type,
+                fmt(verified.issued_at),
+                fmt(verified.expires_at),
+            ))?;
             Ok(())
         }
         WitnessCommand::Serve { listen, dir } => {
