@@ -33,6 +33,52 @@ pub struct FileConfig {
     /// Lazy pulling.
     #[serde(default)]
     pub remote: RemoteSection,
+    /// Witness verification.
+    #[serde(default)]
+    pub trust: TrustSection,
+}
+
+/// `[trust]`: verify image witnesses before layers are used.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustSection {
+    /// Fail closed (`HOLOGRAM_ENFORCE=1`): refuse layers whose image has no
+    /// verified witness, and layers with no provenance at all.
+    pub enforce: bool,
+    /// Witness endpoint base URL (`HOLOGRAM_WITNESS_ENDPOINT`).
+    pub witness_endpoint: Option<String>,
+    /// Directory of witness envelopes (any file names).
+    pub witness_dir: Option<PathBuf>,
+    /// PEM public keys (Ed25519 or ECDSA P-256) whose witnesses are trusted.
+    pub trusted_keys: Vec<PathBuf>,
+    /// Provenance labels on snapshots and debug logs (`HOLOGRAM_VERBOSE=1`).
+    pub verbose: bool,
+}
+
+impl TrustSection {
+    /// The environment's overrides (the seed's variables).
+    pub fn with_env(mut self) -> Self {
+        if let Some(v) = env_flag("HOLOGRAM_ENFORCE") {
+            self.enforce = v;
+        }
+        if let Some(v) = env_flag("HOLOGRAM_VERBOSE") {
+            self.verbose = v;
+        }
+        if let Ok(ep) = std::env::var("HOLOGRAM_WITNESS_ENDPOINT") {
+            if !ep.trim().is_empty() {
+                self.witness_endpoint = Some(ep.trim().to_owned());
+            }
+        }
+        self
+    }
+
+    /// Whether any verification is asked for.
+    pub fn active(&self) -> bool {
+        self.enforce
+            || self.witness_endpoint.is_some()
+            || self.witness_dir.is_some()
+            || !self.trusted_keys.is_empty()
+    }
 }
 
 /// `[remote]`: lazily served layers.
@@ -136,6 +182,7 @@ pub struct Config {
     pub log_level: String,
     pub metrics_address: String,
     pub remote: RemoteSection,
+    pub trust: TrustSection,
 }
 
 impl Config {
@@ -161,6 +208,7 @@ impl Config {
                 .or(file.metrics_address)
                 .unwrap_or_else(|| hologram_telemetry::DEFAULT_METRICS_ADDRESS.to_owned()),
             remote: file.remote,
+            trust: file.trust,
         }
     }
 }

@@ -8,6 +8,7 @@
 //!   (`hologram-store`) and the snapshot directories;
 //! * `remote.rs` — remote snapshots: which layers are served lazily, mounting
 //!   them through `hologram-fs` (whose `LayerFs::read` is where read(2) lands);
+//! * `trust.rs` — the witness check of an image before its layers are used;
 //! * `mounts.rs` — the mounts handed back to containerd;
 //! * `daemon.rs` — socket, server, signals; `config.rs` — configuration.
 
@@ -20,3 +21,4 @@ pub mod mounts;
 pub mod remote;
 pub mod service;
 pub mod snapshotter;
+pub mod trust;

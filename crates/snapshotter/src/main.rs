@@ -16,7 +16,9 @@ use std::net::SocketAddr;
 use hologram_snapshotter::daemon::{self, Health};
 use hologram_snapshotter::metrics::install_collector;
 use hologram_snapshotter::snapshotter::{RootInUse, Snapshotter};
+use hologram_snapshotter::trust::{TrustConfig, TrustGate};
 use hologram_telemetry::{HealthCheck, Metrics};
+use hologram_trust::{Mode, PublicKey};
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
@@ -63,7 +65,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         args.log_level,
         args.metrics_address,
     );
-    init_logging(&cfg.log_level)?;
+    let verbose = cfg.trust.clone().with_env().verbose;
+    let level = if verbose && cfg.log_level == "info" {
+        "info,hologram_snapshotter=debug,hologram_fs=debug"
+    } else {
+        &cfg.log_level
+    };
+    init_logging(level)?;
     let metrics_addr =
         hologram_telemetry::parse_listen(&cfg.metrics_address).context("metrics_address")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -124,10 +132,11 @@ async fn serve(cfg: Config, metrics_addr: Option<SocketAddr>) -> anyhow::Result<
     if let Some(m) = &metrics {
         install_collector(m, Arc::clone(&remote));
     }
+    let trust = trust_gate(&cfg, metrics.clone())?;
 
     let sn = loop {
-        let (root, r) = (cfg.root.clone(), Arc::clone(&remote));
-        match tokio::task::spawn_blocking(move || Snapshotter::open(&root, Some(r))).await? {
+        let (root, r, t) = (cfg.root.clone(), Arc::clone(&remote), trust.clone());
+        match tokio::task::spawn_blocking(move || Snapshotter::open(&root, Some(r), t)).await? {
             Ok(sn) => {
                 health.set_store_error(None);
                 break Arc::new(sn);
@@ -166,6 +175,44 @@ async fn serve(cfg: Config, metrics_addr: Option<SocketAddr>) -> anyhow::Result<
     }
     let _ = tokio::task::spawn_blocking(move || remote.shutdown()).await;
     result
+}
+
+/// The trust gate, when `[trust]` (or the environment) asks for one.
+fn trust_gate(
+    cfg: &Config,
+    metrics: Option<Arc<Metrics>>,
+) -> anyhow::Result<Option<Arc<TrustGate>>> {
+    let t = cfg.trust.clone().with_env();
+    if !t.active() {
+        return Ok(None);
+    }
+    let mut keys = Vec::new();
+    for path in &t.trusted_keys {
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("trusted key {}", path.display()))?;
+        keys.push(
+            PublicKey::from_pem(&pem).with_context(|| format!("trusted key {}", path.display()))?,
+        );
+    }
+    let mode = if t.enforce { Mode::Enforce } else { Mode::Warn };
+    if keys.is_empty() {
+        tracing::warn!("trust: no trusted keys configured; no witness can verify");
+    }
+    tracing::info!(mode = ?mode, endpoint = ?t.witness_endpoint, dir = ?t.witness_dir, keys = keys.len(), "trust gate active");
+    let registry = remote_config(&cfg.remote).registry;
+    let gate = TrustGate::new(
+        TrustConfig {
+            mode,
+            endpoint: t.witness_endpoint,
+            dir: t.witness_dir,
+            keys,
+            verbose: t.verbose,
+            registry,
+        },
+        tokio::runtime::Handle::current(),
+        metrics,
+    )?;
+    Ok(Some(Arc::new(gate)))
 }
 
 fn remote_config(r: &RemoteSection) -> RemoteConfig {

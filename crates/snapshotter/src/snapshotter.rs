@@ -34,6 +34,7 @@ use crate::disk_usage::disk_usage;
 use crate::mountinfo::unmount_below;
 use crate::mounts::{mounts_for, Mount};
 use crate::remote::{self, Fallback, LayerRef, RemoteLayers, LABEL_REMOTE, LABEL_SNAPSHOT_REF};
+use crate::trust::TrustGate;
 
 /// Errors with a gRPC class; see `service.rs` for the mapping.
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -55,6 +56,8 @@ pub struct Snapshotter {
     index_off: bool,
     /// Lazily served layers; `None` when the daemon runs without them.
     remote: Option<Arc<RemoteLayers>>,
+    /// Witness verification of image layers; `None` when trust is off.
+    trust: Option<Arc<TrustGate>>,
     /// Held for the daemon's lifetime: one owner per root.
     _lock: File,
 }
@@ -71,7 +74,11 @@ impl Snapshotter {
     /// Opens (creating if needed) the snapshotter root. Fails if another
     /// process owns it. Remote layers committed before a restart are mounted
     /// again (from their local TOC copy: no network needed).
-    pub fn open(root: &Path, remote: Option<Arc<RemoteLayers>>) -> anyhow::Result<Self> {
+    pub fn open(
+        root: &Path,
+        remote: Option<Arc<RemoteLayers>>,
+        trust: Option<Arc<TrustGate>>,
+    ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         fs::DirBuilder::new()
             .recursive(true)
@@ -103,6 +110,7 @@ impl Snapshotter {
             store,
             index_off,
             remote,
+            trust,
             _lock: lock,
         };
         sn.restore_remote();
@@ -199,6 +207,20 @@ impl Snapshotter {
     ) -> Result<Vec<Mount>> {
         let chain_id = labels.get(LABEL_SNAPSHOT_REF).cloned().unwrap_or_default();
         let exists = || StoreError::AlreadyExists(format!("target snapshot {chain_id:?}"));
+        // Trust first: nothing of an image that fails its policy is mounted
+        // or unpacked, whatever else is already here.
+        let mut labels = labels;
+        let mut decision = decision;
+        if let Some(gate) = &self.trust {
+            let prov = gate.check_layer(&chain_id, &labels)?;
+            if let (Some(p), Ok(lr)) = (&prov, &mut decision) {
+                // The verified manifest, not the client's labels, names the TOC.
+                let (toc, size) = crate::trust::layer_facts(p, &lr.layer_digest);
+                lr.toc_digest = toc.or(lr.toc_digest.take());
+                lr.size = size.or(lr.size);
+            }
+            labels.extend(gate.labels(prov.as_ref()));
+        }
         // Already served (another namespace, an earlier pull): containerd
         // finds it with a Walk on the ref label and parent.
         if let Ok((_, info, _)) = self.store.info(&chain_id) {
@@ -328,10 +350,18 @@ impl Snapshotter {
 
     /// Commits active snapshot `key` as `name`.
     pub fn commit(&self, name: &str, key: &str, labels: BTreeMap<String, String>) -> Result<()> {
+        let mut labels = labels;
         self.store.write(|t| {
             // Usage is measured inside the transaction so nothing can remove
             // the directory between the measurement and the commit.
             let (id, info, _) = self.store.info(key)?;
+            // Provenance recorded at Prepare survives containerd's Commit,
+            // which otherwise replaces all labels.
+            for (k, v) in &info.labels {
+                if k.starts_with("hologram.") {
+                    labels.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
             let usage = if info.kind == Kind::Active {
                 disk_usage(&self.dir(id).join("fs"))
                     .map_err(|e| io_err(format!("cannot measure snapshot {key}"), e))?

@@ -1,0 +1,192 @@
+//! A byte-counting TCP proxy on 127.0.0.1, to put in front of the registry
+//! and measure how many bytes it served.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+#[derive(Default)]
+struct Shared {
+    stop: AtomicBool,
+    /// Bytes from the upstream (registry) to clients.
+    down: AtomicU64,
+    /// Bytes from clients to the upstream.
+    up: AtomicU64,
+    connections: AtomicU64,
+    /// Both ends of every connection, to cut them at stop.
+    streams: Mutex<Vec<TcpStream>>,
+}
+
+/// Forwards every connection to `upstream` and counts the bytes in each
+/// direction. Dropping it (or [`CountingProxy::stop`]) closes the listener
+/// and every open connection.
+pub struct CountingProxy {
+    addr: SocketAddr,
+    upstream: String,
+    shared: Arc<Shared>,
+    accept: Option<JoinHandle<()>>,
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, counter: &AtomicU64, stop: &AtomicBool) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    // Half-close so the other side sees EOF, as a direct connection would.
+    let _ = to.shutdown(Shutdown::Write);
+    let _ = from.shutdown(Shutdown::Read);
+}
+
+impl CountingProxy {
+    /// Listens on a free 127.0.0.1 port and forwards to `upstream`
+    /// ("127.0.0.1:PORT").
+    pub fn start(upstream: &str) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding the proxy")?;
+        let addr = listener.local_addr().context("proxy local_addr")?;
+        listener
+            .set_nonblocking(true)
+            .context("proxy listener nonblocking")?;
+        let shared = Arc::new(Shared::default());
+        let (sh, up) = (Arc::clone(&shared), upstream.to_owned());
+        let accept = std::thread::Builder::new()
+            .name("e2e-proxy".into())
+            .spawn(move || Self::accept_loop(&listener, &up, &sh))
+            .context("spawning the proxy thread")?;
+        Ok(Self {
+            addr,
+            upstream: upstream.to_owned(),
+            shared,
+            accept: Some(accept),
+        })
+    }
+
+    fn accept_loop(listener: &TcpListener, upstream: &str, shared: &Arc<Shared>) {
+        while !shared.stop.load(Ordering::Relaxed) {
+            let client = match listener.accept() {
+                Ok((c, _)) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let _ = client.set_nonblocking(false);
+            let Ok(server) = TcpStream::connect(upstream) else {
+                // Upstream down: the client sees a closed connection.
+                let _ = client.shutdown(Shutdown::Both);
+                continue;
+            };
+            shared.connections.fetch_add(1, Ordering::Relaxed);
+            let clones = (
+                client.try_clone(),
+                server.try_clone(),
+                client.try_clone(),
+                server.try_clone(),
+            );
+            let (Ok(c2), Ok(s2), Ok(c3), Ok(s3)) = clones else {
+                continue;
+            };
+            if let Ok(mut v) = shared.streams.lock() {
+                v.push(c3);
+                v.push(s3);
+            }
+            let sh = Arc::clone(shared);
+            let _ = std::thread::Builder::new()
+                .name("e2e-proxy-down".into())
+                .spawn(move || pump(server, client, &sh.down, &sh.stop));
+            let sh = Arc::clone(shared);
+            let _ = std::thread::Builder::new()
+                .name("e2e-proxy-up".into())
+                .spawn(move || pump(c2, s2, &sh.up, &sh.stop));
+        }
+    }
+
+    /// "127.0.0.1:PORT" of the proxy.
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn upstream(&self) -> &str {
+        &self.upstream
+    }
+
+    /// Bytes the upstream sent to clients so far (HTTP headers included).
+    pub fn bytes_down(&self) -> u64 {
+        self.shared.down.load(Ordering::Relaxed)
+    }
+
+    /// Bytes clients sent to the upstream so far.
+    pub fn bytes_up(&self) -> u64 {
+        self.shared.up.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Closes the listener and cuts every open connection.
+    pub fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Ok(v) = self.shared.streams.lock() {
+            for s in v.iter() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn counts_bytes_both_ways() {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let upstream = server.local_addr().unwrap().to_string();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = server.accept().unwrap();
+            let mut req = [0u8; 5];
+            s.read_exact(&mut req).unwrap();
+            assert_eq!(&req, b"hello");
+            s.write_all(&[7u8; 1000]).unwrap();
+        });
+        let mut proxy = CountingProxy::start(&upstream).unwrap();
+        let mut c = TcpStream::connect(proxy.addr()).unwrap();
+        c.write_all(b"hello").unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        t.join().unwrap();
+        assert_eq!(got.len(), 1000);
+        assert_eq!(proxy.bytes_down(), 1000);
+        assert_eq!(proxy.bytes_up(), 5);
+        assert_eq!(proxy.connections(), 1);
+        proxy.stop();
+        assert!(TcpStream::connect(proxy.addr()).is_err());
+    }
+}
