@@ -4,7 +4,8 @@ CARGO ?= cargo
 BUILD := build
 BINS := hologram-snapshotter hologram
 PREFIX ?= /usr/local
-APT_PKGS := containerd runc fuse3 docker-registry skopeo umoci busybox-static iproute2 curl python3 ca-certificates
+APT_PKGS := containerd runc fuse3 docker-registry skopeo umoci busybox-static iproute2 curl python3 \
+  python3-prometheus-client ca-certificates stargz-snapshotter debootstrap
 
 .PHONY: all build build-all install dev-setup test test-unit test-integration test-coverage fmt lint vet security demo bench clean
 
@@ -45,6 +46,8 @@ dev-setup:
 	  echo "installing: $$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	else echo "dev-setup: all packages present"; fi
+	@# the python3 first on PATH may not be Debian's (pyenv): give it the parser the tests use
+	@python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus-client
 
 ## test: everything: unit, gRPC-level and end-to-end (real containerd, runc, registry)
 test: dev-setup test-unit test-integration

@@ -18,10 +18,15 @@
 pub mod containerd;
 pub mod env;
 pub mod image;
+pub mod lazy;
 pub mod mounts;
 pub mod process;
+pub mod prom;
+pub mod proxy;
 pub mod registry;
 pub mod snapshotter;
+pub mod stoppable_registry;
+pub mod treedump;
 pub mod util;
 
 pub use containerd::{Containerd, SNAPSHOTTER};
