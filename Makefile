@@ -93,9 +93,14 @@ security:
 demo: dev-setup build
 	scripts/demo.sh
 
-## bench: Prepare+Commit latency, hologram vs containerd's overlayfs, same run
+## bench: hologram vs containerd's overlayfs, each measured in the same run:
+## Prepare+Commit latency; cold start + bytes fetched (python image);
+## FUSE read throughput with metrics on and off
 bench: dev-setup build
+	cargo build --release --locked -p hologram-bench
 	scripts/bench-snapshots.sh
+	scripts/bench-coldstart.sh
+	scripts/bench-read.sh
 
 clean:
 	$(CARGO) clean

@@ -6,6 +6,10 @@ Usage:
         Prints {"toc_offset": N, "blob_size": N, "toc": <stargz.index.json>}
         for an eStargz blob file (footer parsed, TOC member gunzipped).
 
+    python3 scripts/estargz.py toc --region FILE
+        The same for a file holding only the TOC gzip member (what the
+        daemon keeps in <root>/cache/tocs/); toc_offset and blob_size are null.
+
     python3 scripts/estargz.py hostile OUT_LAYOUT_DIR TAG --variant VARIANT [--busybox PATH]
         Writes a 2-layer OCI image layout, both layers eStargz written by this
         script (independently of the converters under test), with the
@@ -247,6 +251,13 @@ def cmd_hostile(args):
     sys.stdout.write("\n")
 
 
+def toc_of_member(member):
+    tar_bytes = gzip.decompress(member)
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tf:
+        m = tf.getmember(TOC_NAME)
+        return json.loads(tf.extractfile(m).read())
+
+
 def read_toc(blob):
     if len(blob) < FOOTER_SIZE:
         raise SystemExit("blob too small for an eStargz footer")
@@ -254,19 +265,18 @@ def read_toc(blob):
     if f[:2] != b"\x1f\x8b" or f[32:38] != b"STARGZ":
         raise SystemExit("no eStargz footer")
     toc_offset = int(f[16:32], 16)
-    member = blob[toc_offset:len(blob) - FOOTER_SIZE]
-    tar_bytes = gzip.decompress(member)
-    with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tf:
-        m = tf.getmember(TOC_NAME)
-        toc = json.loads(tf.extractfile(m).read())
-    return toc_offset, toc
+    return toc_offset, toc_of_member(blob[toc_offset:len(blob) - FOOTER_SIZE])
 
 
 def cmd_toc(args):
     with open(args.blob, "rb") as f:
-        blob = f.read()
-    toc_offset, toc = read_toc(blob)
-    json.dump({"toc_offset": toc_offset, "blob_size": len(blob), "toc": toc}, sys.stdout)
+        data = f.read()
+    if args.region:
+        out = {"toc_offset": None, "blob_size": None, "toc": toc_of_member(data)}
+    else:
+        toc_offset, toc = read_toc(data)
+        out = {"toc_offset": toc_offset, "blob_size": len(data), "toc": toc}
+    json.dump(out, sys.stdout)
     sys.stdout.write("\n")
 
 
@@ -275,6 +285,8 @@ def main(argv):
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("toc", help="print the TOC of an eStargz blob")
     t.add_argument("blob")
+    t.add_argument("--region", action="store_true",
+                   help="the file holds only the TOC gzip member")
     h = sub.add_parser("hostile", help="write a hostile eStargz image layout")
     h.add_argument("out")
     h.add_argument("tag")

@@ -19,21 +19,42 @@ wait_for() { # seconds description command...
   done
 }
 
-# stack_start WORKDIR: registry on 127.0.0.1:free port, the daemon, containerd.
-# Sets REG, CTR (a ctr command line), WORK.
-stack_start() {
-  WORK="$1"; mkdir -p "$WORK"
-  local port; port="$(free_port)"
+# registry_start DIR: docker-registry on 127.0.0.1:free port, storage and a
+# JSON access log (bytes served per request) under DIR. Sets REG.
+registry_start() {
+  local dir="$1" port; port="$(free_port)"
+  mkdir -p "$dir"
   REG="127.0.0.1:$port"
-  cat > "$WORK/registry.yml" <<YML
+  cat > "$dir/registry.yml" <<YML
 version: 0.1
-log: {level: warn, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: $WORK/registry}, delete: {enabled: true}}
+log: {level: warn, formatter: json, accesslog: {disabled: false}}
+storage: {filesystem: {rootdirectory: $dir/storage}, delete: {enabled: true}}
 http: {addr: $REG}
 YML
-  docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
+  docker-registry serve "$dir/registry.yml" >"$dir/registry.log" 2>&1 &
   PIDS+=($!)
+  REG_LOG="$dir/registry.log"
   wait_for 20 "registry" curl -fsS "http://$REG/v2/"
+}
+
+# registry_bytes: bytes the registry has written in responses so far.
+registry_bytes() {
+  python3 -c '
+import json, sys
+n = 0
+for line in open(sys.argv[1], errors="replace"):
+    try:
+        n += int(json.loads(line).get("http.response.written", 0))
+    except (ValueError, AttributeError):
+        pass
+print(n)' "$REG_LOG"
+}
+
+# stack_start WORKDIR: a registry (unless REG is already set), the daemon,
+# containerd. Sets REG, CTR (a ctr command line), WORK.
+stack_start() {
+  WORK="$1"; mkdir -p "$WORK"
+  [ -n "${REG:-}" ] || registry_start "$WORK/registry"
 
   # The daemon's config: HOLOGRAM_CONFIG (TOML text) or empty.
   printf '%s\n' "${HOLOGRAM_CONFIG:-}" > "$WORK/hologram.toml"
