@@ -20,7 +20,8 @@ CMD=(python3 -c 'print("hello")')
 export HOLOGRAM_CONFIG=$'[remote]\nplain_http = true'
 
 one() { # mode run -> prints "seconds bytes"
-  local mode="$1" run="$2" w="$BASE/run-$mode-$run" t0 t1 b0 b1 out
+  local mode="$1" run="$2"
+  local w="$BASE/run-$mode-$run" t0 t1 b0 b1 out
   stack_start "$w"
   b0="$(registry_bytes)"; t0="$(date +%s.%N)"
   if [ "$mode" = overlayfs ]; then

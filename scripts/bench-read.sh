@@ -19,7 +19,8 @@ skopeo copy --quiet --dest-tls-verify=false "oci:$BASE/oci:big" "docker://$REG/b
 export HOLOGRAM_CONFIG=$'[remote]\nplain_http = true\nbackground_fetch = false'
 
 measure() { # name -> "cold warm"
-  local name="$1" w="$BASE/$1" sn img chain
+  local name="$1"
+  local w="$BASE/$name" sn img chain
   if [ "$name" = hologram-metrics-on ]; then METRICS_ADDRESS="127.0.0.1:$(free_port)"; else METRICS_ADDRESS=off; fi
   METRICS_ADDRESS="$METRICS_ADDRESS" stack_start "$w"
   if [ "$name" = overlayfs ]; then

@@ -27,7 +27,7 @@ registry_start() {
   REG="127.0.0.1:$port"
   cat > "$dir/registry.yml" <<YML
 version: 0.1
-log: {level: warn, formatter: json, accesslog: {disabled: false}}
+log: {level: warn, accesslog: {disabled: false}}
 storage: {filesystem: {rootdirectory: $dir/storage}, delete: {enabled: true}}
 http: {addr: $REG}
 YML
@@ -39,15 +39,11 @@ YML
 
 # registry_bytes: bytes the registry has written in responses so far.
 registry_bytes() {
+  # the access log is Apache combined format: "METHOD URI PROTO" STATUS BYTES
   python3 -c '
-import json, sys
-n = 0
-for line in open(sys.argv[1], errors="replace"):
-    try:
-        n += int(json.loads(line).get("http.response.written", 0))
-    except (ValueError, AttributeError):
-        pass
-print(n)' "$REG_LOG"
+import re, sys
+pat = re.compile(r"\" (\d{3}) (\d+) \"")
+print(sum(int(m.group(2)) for line in open(sys.argv[1], errors="replace") for m in [pat.search(line)] if m))' "$REG_LOG"
 }
 
 # stack_start WORKDIR: a registry (unless REG is already set), the daemon,
