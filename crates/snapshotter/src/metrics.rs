@@ -6,37 +6,50 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use hologram_fs::observer::Observer;
-use hologram_telemetry::{GaugeSnapshot, Metrics, RESULT_ERROR, RESULT_OK};
+use hologram_telemetry::{FuseHandles, GaugeSnapshot, Metrics};
 
 use crate::remote::RemoteLayers;
 
-fn result(ok: bool) -> &'static str {
-    if ok {
-        RESULT_OK
-    } else {
-        RESULT_ERROR
+/// The FUSE ops whose counters are resolved up front.
+const FUSE_OPS: &[&str] = &[
+    "lookup",
+    "getattr",
+    "open",
+    "open_passthrough",
+    "read",
+    "readdir",
+    "readlink",
+    "getxattr",
+    "listxattr",
+    "statfs",
+];
+
+/// Forwards filesystem events to the metrics registry through pre-resolved
+/// handles (no label lookup on the read path).
+#[derive(Debug)]
+pub struct FsMetrics(FuseHandles);
+
+impl FsMetrics {
+    pub fn new(m: &Metrics) -> Self {
+        FsMetrics(m.fuse_handles(FUSE_OPS))
     }
 }
 
-/// Forwards filesystem events to the metrics registry.
-#[derive(Debug)]
-pub struct FsMetrics(pub Arc<Metrics>);
-
 impl Observer for FsMetrics {
     fn fuse_op(&self, op: &'static str, ok: bool) {
-        self.0.fuse_op(op, result(ok));
+        self.0.op(op, ok);
     }
     fn fuse_read(&self, seconds: f64, bytes: u64, ok: bool) {
-        self.0.fuse_read(seconds, bytes, result(ok));
+        self.0.read(seconds, bytes, ok);
     }
     fn fetch(&self, source: &'static str, seconds: f64, bytes: u64, ok: bool) {
-        self.0.remote_fetch(source, seconds, bytes, result(ok));
+        self.0.fetch(source, seconds, bytes, ok);
     }
     fn cache_lookup(&self, hit: bool) {
-        self.0.cache_lookup(hit);
+        self.0.cache(hit);
     }
     fn verify_failure(&self) {
-        self.0.chunk_verification_failure();
+        self.0.verification_failure();
     }
 }
 

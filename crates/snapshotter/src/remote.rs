@@ -169,7 +169,7 @@ impl RemoteLayers {
             toc_dir,
             mounts: Mutex::new(HashMap::new()),
             observer: match &metrics {
-                Some(m) => Arc::new(FsMetrics(Arc::clone(m))),
+                Some(m) => Arc::new(FsMetrics::new(m)),
                 None => Arc::new(NoObserver),
             },
             metrics,

@@ -73,6 +73,70 @@ pub const FALLBACK_REASONS: &[&str] = &[
     "other",
 ];
 
+/// See [`Metrics::fuse_handles`]. Cheap to clone (every handle is an `Arc`).
+#[derive(Clone, Debug)]
+pub struct FuseHandles {
+    ops: std::collections::HashMap<&'static str, (Counter, Counter)>,
+    read_ok: Histogram,
+    read_err: Histogram,
+    read_bytes: Counter,
+    cache_hit: Counter,
+    cache_miss: Counter,
+    registry: (Histogram, Counter, Counter, Counter),
+    ctp96: (Histogram, Counter, Counter, Counter),
+    verification_failures: Counter,
+}
+
+impl FuseHandles {
+    /// One FUSE op; ops not resolved up front are ignored.
+    pub fn op(&self, op: &str, ok: bool) {
+        if let Some((good, bad)) = self.ops.get(op) {
+            if ok {
+                good.inc()
+            } else {
+                bad.inc()
+            };
+        }
+    }
+
+    /// One FUSE read.
+    pub fn read(&self, seconds: f64, bytes: u64, ok: bool) {
+        if ok { &self.read_ok } else { &self.read_err }.observe(seconds);
+        self.read_bytes.inc_by(bytes);
+    }
+
+    /// One cache lookup on the read path.
+    pub fn cache(&self, hit: bool) {
+        if hit {
+            &self.cache_hit
+        } else {
+            &self.cache_miss
+        }
+        .inc();
+    }
+
+    /// One remote fetch; `source` is "registry" or "ctp96".
+    pub fn fetch(&self, source: &str, seconds: f64, bytes: u64, ok: bool) {
+        let (d, b, good, bad) = if source == "ctp96" {
+            &self.ctp96
+        } else {
+            &self.registry
+        };
+        d.observe(seconds);
+        b.inc_by(bytes);
+        if ok {
+            good.inc()
+        } else {
+            bad.inc()
+        };
+    }
+
+    /// A chunk that failed verification.
+    pub fn verification_failure(&self) {
+        self.verification_failures.inc();
+    }
+}
+
 /// Longest label value accepted as is.
 const MAX_LABEL_LEN: usize = 40;
 
@@ -599,6 +663,69 @@ impl Metrics {
                 op: label_value(op).to_owned(),
             })
             .observe(seconds);
+    }
+
+    /// Pre-resolved metric handles for the FUSE read path: updating them is
+    /// an atomic add (histograms: one short lock), with no label hashing or
+    /// allocation per event. `ops` lists the FUSE ops to resolve.
+    pub fn fuse_handles(&self, ops: &[&'static str]) -> FuseHandles {
+        let counter = |op: &str, result: &str| {
+            self.fuse_ops
+                .get_or_create(&OpResult::new(op, result))
+                .clone()
+        };
+        let hist = |result: &str| {
+            self.fuse_read_duration
+                .get_or_create(&ResultLabel {
+                    result: label_value(result).to_owned(),
+                })
+                .clone()
+        };
+        let fetch = |source: &str| {
+            let l = SourceLabel {
+                source: label_value(source).to_owned(),
+            };
+            (
+                self.remote_fetch_duration.get_or_create(&l).clone(),
+                self.fetched_bytes.get_or_create(&l).clone(),
+                self.remote_fetches
+                    .get_or_create(&SourceResult {
+                        source: label_value(source).to_owned(),
+                        result: RESULT_OK.to_owned(),
+                    })
+                    .clone(),
+                self.remote_fetches
+                    .get_or_create(&SourceResult {
+                        source: label_value(source).to_owned(),
+                        result: RESULT_ERROR.to_owned(),
+                    })
+                    .clone(),
+            )
+        };
+        FuseHandles {
+            ops: ops
+                .iter()
+                .map(|op| (*op, (counter(op, RESULT_OK), counter(op, RESULT_ERROR))))
+                .collect(),
+            read_ok: hist(RESULT_OK),
+            read_err: hist(RESULT_ERROR),
+            read_bytes: self.fuse_read_bytes.clone(),
+            cache_hit: self
+                .cache_requests
+                .get_or_create(&ResultLabel {
+                    result: "hit".to_owned(),
+                })
+                .clone(),
+            cache_miss: self
+                .cache_requests
+                .get_or_create(&ResultLabel {
+                    result: "miss".to_owned(),
+                })
+                .clone(),
+            registry: fetch("registry"),
+            ctp96: fetch("ctp96"),
+            verification_failures: self.verification_failures.clone(),
+        }
     }
 
     /// One FUSE operation (`lookup`, `getattr`, `read`, ...).
