@@ -603,3 +603,7 @@ fn throttle(started: Instant, sent: u64, rate: u64) {
         std::thread::sleep(wait);
     }
 }
+
+#[cfg(test)]
+#[path = "layer_tests.rs"]
+mod tests;

@@ -1,0 +1,262 @@
+//! Unit tests of the read path over an in-memory eStargz blob and a fake
+//! `BlobSource` (pure logic: no mount, no network). The real thing — FUSE,
+//! registry, containerd — is tested in crates/e2e.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Cursor;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use hologram_estargz::{convert, ConvertOptions, Index, NodeKind};
+use hologram_remote::{BlobSource, Error as RemoteError};
+
+use super::*;
+use crate::observer::NoObserver;
+
+/// Serves a blob from memory; counts requests; can corrupt, hang or fail.
+#[derive(Debug)]
+struct FakeBlob {
+    data: Vec<u8>,
+    requests: AtomicU64,
+    hang: AtomicBool,
+    fail: AtomicBool,
+    corrupt_at: AtomicU64, // flip this byte offset if != u64::MAX
+    delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl BlobSource for FakeBlob {
+    fn digest(&self) -> &str {
+        "sha256:fake"
+    }
+    fn size(&self) -> u64 {
+        self.data.len() as u64
+    }
+    async fn read_at(&self, offset: u64, len: u64) -> Result<bytes::Bytes, RemoteError> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        if self.hang.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(RemoteError::Transport("registry gone".into()));
+        }
+        tokio::time::sleep(self.delay).await;
+        let mut v = self.data[offset as usize..(offset + len) as usize].to_vec();
+        let c = self.corrupt_at.load(Ordering::SeqCst);
+        if c != u64::MAX && c >= offset && c < offset + len {
+            v[(c - offset) as usize] ^= 0xff;
+        }
+        Ok(bytes::Bytes::from(v))
+    }
+    fn source_kind(&self) -> &'static str {
+        "registry"
+    }
+}
+
+/// A layer with files a (300 KiB, 3 chunks of 128 KiB), b (5 bytes), c (20 KiB).
+fn blob() -> (Vec<u8>, Index, Vec<u8>) {
+    let mut tar = tar::Builder::new(Vec::new());
+    let a: Vec<u8> = (0..300 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    for (name, data) in [
+        ("a", a.clone()),
+        ("b", b"hello".to_vec()),
+        ("c", vec![7u8; 20 * 1024]),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, name, Cursor::new(data)).unwrap();
+    }
+    let raw = tar.into_inner().unwrap();
+    let mut out = Vec::new();
+    let opts = ConvertOptions {
+        chunk_size: 128 * 1024,
+        gzip_level: 1,
+        ..ConvertOptions::default()
+    };
+    let conv = convert(Cursor::new(raw), &mut out, &opts).unwrap();
+    let toc_region_start = conv.toc_offset as usize;
+    let region = out[toc_region_start..out.len() - hologram_estargz::FOOTER_SIZE as usize].to_vec();
+    let index = crate::index_from_region(&region, &conv.toc_digest, out.len() as u64).unwrap();
+    (out, index, a)
+}
+
+fn layer(
+    cfg: LayerConfig,
+) -> (
+    tempfile::TempDir,
+    Arc<FakeBlob>,
+    Layer,
+    Vec<u8>,
+    tokio::runtime::Runtime,
+) {
+    let (data, index, a) = blob();
+    let src = Arc::new(FakeBlob {
+        data,
+        requests: AtomicU64::new(0),
+        hang: AtomicBool::new(false),
+        fail: AtomicBool::new(false),
+        corrupt_at: AtomicU64::new(u64::MAX),
+        delay: Duration::from_millis(50),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(ChunkCache::open(dir.path(), 1 << 30).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let l = Layer::new(
+        index,
+        src.clone(),
+        cache,
+        rt.handle().clone(),
+        cfg,
+        Arc::new(NoObserver),
+    );
+    (dir, src, l, a, rt)
+}
+
+fn ino(l: &Layer, name: &str) -> u64 {
+    l.index()
+        .lookup(Index::ROOT, std::ffi::OsStr::new(name))
+        .unwrap()
+}
+
+fn quiet() -> LayerConfig {
+    LayerConfig {
+        prefetch: false,
+        background_fetch: false,
+        readaround: 0,
+        ..LayerConfig::default()
+    }
+}
+
+#[test]
+fn reads_across_chunks_are_exact() {
+    let (_d, _src, l, a, _rt) = layer(quiet());
+    let i = ino(&l, "a");
+    assert_eq!(l.index().node(i).unwrap().kind, NodeKind::Reg);
+    assert_eq!(l.index().node(i).unwrap().chunks.len(), 3);
+    // a read spanning the first chunk boundary, and one past the end
+    let got = l.read(i, 128 * 1024 - 10, 100).unwrap();
+    assert_eq!(got, a[128 * 1024 - 10..128 * 1024 + 90]);
+    let tail = l.read(i, 300 * 1024 - 5, 4096).unwrap();
+    assert_eq!(tail, a[300 * 1024 - 5..]);
+    assert!(l.read(i, 300 * 1024, 10).unwrap().is_empty());
+    assert_eq!(l.read(ino(&l, "b"), 0, 100).unwrap(), b"hello");
+}
+
+#[test]
+fn many_readers_of_one_chunk_make_one_request() {
+    let (_d, src, l, a, _rt) = layer(quiet());
+    let l = Arc::new(l);
+    let i = ino(&l, "a");
+    let n = 8;
+    let barrier = Arc::new(Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|k| {
+            let (l, b) = (Arc::clone(&l), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                b.wait();
+                l.read(i, k as u64 * 1000, 1000).unwrap()
+            })
+        })
+        .collect();
+    for (k, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.join().unwrap(), a[k * 1000..(k + 1) * 1000]);
+    }
+    assert_eq!(src.requests.load(Ordering::SeqCst), 1, "single flight");
+    // served from the cache afterwards
+    l.read(i, 0, 10).unwrap();
+    assert_eq!(src.requests.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn readaround_merges_adjacent_chunks_into_one_request() {
+    let cfg = LayerConfig {
+        readaround: 1 << 20,
+        ..quiet()
+    };
+    let (_d, src, l, _a, _rt) = layer(cfg);
+    l.read(ino(&l, "a"), 0, 10).unwrap();
+    assert_eq!(src.requests.load(Ordering::SeqCst), 1);
+    // everything after it in the blob came along
+    l.read(ino(&l, "c"), 0, 10).unwrap();
+    l.read(ino(&l, "a"), 299 * 1024, 10).unwrap();
+    assert_eq!(src.requests.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn corrupted_chunk_is_an_error_and_never_cached() {
+    let (_d, src, l, _a, _rt) = layer(quiet());
+    let i = ino(&l, "c");
+    let chunk = l.index().node(i).unwrap().chunks[0].clone();
+    // inside the deflate data, just after the 10-byte gzip header
+    src.corrupt_at
+        .store(chunk.blob_offset + 12, Ordering::SeqCst);
+    let e = l.read(i, 0, 100).unwrap_err();
+    assert!(
+        matches!(e, ReadError::Verify { .. } | ReadError::Fetch { .. }),
+        "{e:?}"
+    );
+    assert_eq!(l.stats.verify_failures.load(Ordering::SeqCst), 1);
+    assert!(!l.cache().contains(&chunk.digest));
+    // other files still read; the bad one reads once the source is honest
+    assert_eq!(l.read(ino(&l, "b"), 0, 5).unwrap(), b"hello");
+    src.corrupt_at.store(u64::MAX, Ordering::SeqCst);
+    assert_eq!(l.read(i, 0, 3).unwrap(), vec![7u8; 3]);
+}
+
+#[test]
+fn a_source_that_never_answers_fails_within_the_timeout() {
+    let cfg = LayerConfig {
+        fetch_timeout: Duration::from_millis(400),
+        ..quiet()
+    };
+    let (_d, src, l, _a, _rt) = layer(cfg);
+    let i = ino(&l, "a");
+    src.hang.store(true, Ordering::SeqCst);
+    let t = Instant::now();
+    let e = l.read(i, 0, 10).unwrap_err();
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        matches!(e, ReadError::Fetch { .. } | ReadError::Timeout(_)),
+        "{e:?}"
+    );
+    // a failing source: error, then recovery
+    src.hang.store(false, Ordering::SeqCst);
+    src.fail.store(true, Ordering::SeqCst);
+    assert!(l.read(i, 0, 10).is_err());
+    src.fail.store(false, Ordering::SeqCst);
+    assert_eq!(l.read(i, 0, 10).unwrap().len(), 10);
+}
+
+#[test]
+fn background_fetch_fills_the_cache() {
+    let cfg = LayerConfig {
+        background_fetch: true,
+        background_rate: 0,
+        ..quiet()
+    };
+    let (_d, src, l, _a, _rt) = layer(cfg);
+    assert_eq!(l.pending_chunks(), 5);
+    l.warm();
+    assert_eq!(l.pending_chunks(), 0);
+    let before = src.requests.load(Ordering::SeqCst);
+    l.read(ino(&l, "a"), 0, 1000).unwrap();
+    assert_eq!(
+        src.requests.load(Ordering::SeqCst),
+        before,
+        "served from the cache"
+    );
+    assert!(l.stats.background_bytes.load(Ordering::SeqCst) > 0);
+}
