@@ -6,7 +6,8 @@
 # Usage: scripts/mkpython.sh [CACHE_ROOT]
 #   CACHE_ROOT defaults to $HOLOGRAM_E2E_CACHE, else /var/cache/hologram-e2e.
 #   The scenario scripts are taken from $HOLOGRAM_SCENARIOS_DIR, else
-#   /work/shared/scenarios (python.sh + lib.sh; that folder may be read-only).
+#   ../shared/scenarios beside the checkout, else /work/shared/scenarios
+#   (python.sh + lib.sh; that folder may be read-only).
 #
 # The image lands in CACHE_ROOT/python-<hash>/oci-python (OCI layout, tag
 # "python"), <hash> being a hash of python.sh and lib.sh, so a changed recipe
@@ -16,7 +17,13 @@
 # concurrent callers serialise on a lock file.
 set -euo pipefail
 
-SCEN="${HOLOGRAM_SCENARIOS_DIR:-/work/shared/scenarios}"
+# shared/ lies beside the checkout (here, and in CI's fresh clone).
+REPO_SHARED="$(cd "$(dirname "$0")/../.." && pwd)/shared/scenarios"
+if [ -z "${HOLOGRAM_SCENARIOS_DIR:-}" ] && [ -d "$REPO_SHARED" ]; then
+  SCEN="$REPO_SHARED"
+else
+  SCEN="${HOLOGRAM_SCENARIOS_DIR:-/work/shared/scenarios}"
+fi
 CACHE="${1:-${HOLOGRAM_E2E_CACHE:-/var/cache/hologram-e2e}}"
 
 for f in python.sh lib.sh; do

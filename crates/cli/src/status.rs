@@ -690,8 +690,13 @@ pub fn render(e: &Exposition, url: &str, now: f64) -> String {
         let errors: f64 = e
             .matching(ops_name, &[])
             .filter(|s| {
+                // already_exists (a lazily mounted layer) and not_found (a
+                // Stat before unpack) are containerd's normal answers.
                 s.labels.get("op") == Some(&op)
-                    && s.labels.get("result").map(String::as_str) != Some("ok")
+                    && !matches!(
+                        s.labels.get("result").map(String::as_str),
+                        Some("ok" | "already_exists" | "not_found")
+                    )
             })
             .map(|s| s.value)
             .sum();

@@ -54,7 +54,12 @@ pub fn assert_same_tree(
         original.top_chain_id()?,
         &format!("{label}-overlayfs"),
     )?;
-    let lazy_dump = dump_view(env, SNAPSHOTTER, lazy.top_chain_id()?, &format!("{label}-lazy"))?;
+    let lazy_dump = dump_view(
+        env,
+        SNAPSHOTTER,
+        lazy.top_chain_id()?,
+        &format!("{label}-lazy"),
+    )?;
 
     let mut problems = Vec::new();
     for e in &reference.errors {

@@ -553,7 +553,12 @@ impl LazyEnv {
 
     /// `ctr tasks exec` in container `id`, bounded by `timeout`; the output
     /// (whatever the exit status) and how long it took.
-    pub fn exec(&self, id: &str, command: &[&str], timeout: Duration) -> Result<(Output, Duration)> {
+    pub fn exec(
+        &self,
+        id: &str,
+        command: &[&str],
+        timeout: Duration,
+    ) -> Result<(Output, Duration)> {
         static N: AtomicU32 = AtomicU32::new(0);
         let exec_id = format!("x{}", N.fetch_add(1, Ordering::Relaxed));
         let mut args = vec!["tasks", "exec", "--exec-id", &exec_id, id];
@@ -564,15 +569,35 @@ impl LazyEnv {
         Ok((out, started.elapsed()))
     }
 
-    /// A read-only view of `chain_id` in `snapshotter`, mounted below
-    /// `<dir>/mnt`.
+    /// A snapshot on top of `chain_id` in `snapshotter`, mounted below
+    /// `<dir>/mnt`. It is an active snapshot (`ctr snapshots prepare`), not
+    /// a view: ctr labels prepared snapshots as GC roots but not views, and
+    /// containerd's garbage collector (which runs after every pull's lease
+    /// goes away) would remove an unlabelled view under our feet.
     pub fn view(&self, snapshotter: &str, chain_id: &str, key: &str) -> Result<MountGuard> {
-        self.ctr(&["snapshots", "--snapshotter", snapshotter, "view", key, chain_id])?;
         let target = self.dir().join("mnt").join(key);
         let target_s = target.display().to_string();
-        let lines = self.ctr(&["snapshots", "--snapshotter", snapshotter, "mounts", &target_s, key])?;
+        let lines = self.ctr(&[
+            "snapshots",
+            "--snapshotter",
+            snapshotter,
+            "prepare",
+            "--target",
+            &target_s,
+            key,
+            chain_id,
+        ])?;
         mount_printed(&lines, &target)
-            .with_context(|| format!("mounting view {key} of {chain_id} ({snapshotter})"))
+            .with_context(|| format!("mounting snapshot {key} on {chain_id} ({snapshotter})"))
+    }
+
+    /// The daemon's local copy of a layer's TOC member,
+    /// `<root>/cache/tocs/<hex>`.
+    pub fn toc_copy(&self, toc_digest: &str) -> Result<PathBuf> {
+        let hex = toc_digest
+            .strip_prefix("sha256:")
+            .with_context(|| format!("not a sha256 digest: {toc_digest}"))?;
+        Ok(self.snapshotter.root().join("cache/tocs").join(hex))
     }
 
     /// Lines of the daemon log that contain `needle`.
@@ -604,7 +629,12 @@ impl Drop for LazyEnv {
 }
 
 /// `skopeo copy --preserve-digests oci:LAYOUT:TAG docker://ADDR/REPO_TAG`.
-pub fn push_layout_to(addr: &str, layout: &Path, layout_tag: &str, repo_tag: &str) -> Result<String> {
+pub fn push_layout_to(
+    addr: &str,
+    layout: &Path,
+    layout_tag: &str,
+    repo_tag: &str,
+) -> Result<String> {
     let reference = format!("{addr}/{repo_tag}");
     let mut cmd = Command::new("skopeo");
     cmd.arg("--insecure-policy")
@@ -623,6 +653,30 @@ pub fn push_layout_to(addr: &str, layout: &Path, layout_tag: &str, repo_tag: &st
         );
     }
     Ok(reference)
+}
+
+/// `scripts/estargz.py toc`: `{"toc_offset", "blob_size", "toc"}` of an
+/// eStargz blob file, or (`region`) of a file holding only the TOC member.
+pub fn read_toc(file: &Path, region: bool) -> Result<serde_json::Value> {
+    let file_s = file.display().to_string();
+    let mut args = vec!["toc", file_s.as_str()];
+    if region {
+        args.push("--region");
+    }
+    let out = run_script("estargz.py", &args, Duration::from_secs(60))?;
+    serde_json::from_str(&out).context("estargz.py toc output")
+}
+
+/// Names of the TOC entries, in TOC order.
+pub fn toc_names(toc: &serde_json::Value) -> Vec<String> {
+    toc["toc"]["entries"]
+        .as_array()
+        .map(|es| {
+            es.iter()
+                .filter_map(|e| e["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// String field of a JSON summary.
@@ -665,7 +719,10 @@ mod tests {
         assert_eq!(c[0], "sha256:a");
         assert_eq!(c[1], sha256_digest(b"sha256:a sha256:b"));
         let (h, r, t) = split_reference("127.0.0.1:5000/e2e/layers:1").unwrap();
-        assert_eq!((h.as_str(), r.as_str(), t.as_str()), ("127.0.0.1:5000", "e2e/layers", "1"));
+        assert_eq!(
+            (h.as_str(), r.as_str(), t.as_str()),
+            ("127.0.0.1:5000", "e2e/layers", "1")
+        );
         assert_eq!(
             sha256_digest(b""),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

@@ -17,6 +17,7 @@
 
 pub mod containerd;
 pub mod env;
+pub mod equivalence;
 pub mod image;
 pub mod lazy;
 pub mod mounts;
@@ -27,6 +28,7 @@ pub mod registry;
 pub mod snapshotter;
 pub mod stoppable_registry;
 pub mod treedump;
+pub mod trust;
 pub mod util;
 
 pub use containerd::{Containerd, SNAPSHOTTER};

@@ -141,7 +141,10 @@ mod tests {
     #[test]
     fn decodes_base64() {
         assert_eq!(base64_decode("dGVzdA==").unwrap(), b"test");
-        assert_eq!(base64_decode("AQAAAgAEAAA=").unwrap(), [1, 0, 0, 2, 0, 4, 0, 0]);
+        assert_eq!(
+            base64_decode("AQAAAgAEAAA=").unwrap(),
+            [1, 0, 0, 2, 0, 4, 0, 0]
+        );
         assert_eq!(base64_decode("").unwrap(), b"");
     }
 
@@ -167,10 +170,19 @@ mod tests {
             "c": {"type": "char", "mode": 0, "rdev": [0, 0], "xattrs": {}},
         }));
         let d = compare(&a, "A", &b, "B");
-        assert!(d.iter().any(|l| l.starts_with("a/.wh.b: only in A")), "{d:?}");
+        assert!(
+            d.iter().any(|l| l.starts_with("a/.wh.b: only in A")),
+            "{d:?}"
+        );
         assert!(d.iter().any(|l| l.starts_with("c: only in B")), "{d:?}");
-        assert!(d.iter().any(|l| l.starts_with("x: sha256 differs")), "{d:?}");
-        assert!(d.iter().any(|l| l.starts_with(".: xattrs differs")), "{d:?}");
+        assert!(
+            d.iter().any(|l| l.starts_with("x: sha256 differs")),
+            "{d:?}"
+        );
+        assert!(
+            d.iter().any(|l| l.starts_with(".: xattrs differs")),
+            "{d:?}"
+        );
         assert_eq!(a.leaks().len(), 1);
         assert_eq!(b.leaks().len(), 2);
     }

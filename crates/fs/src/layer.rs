@@ -334,7 +334,15 @@ impl Layer {
             span.push(next);
             next += 1;
         }
-        self.fetch_positions(&span, purpose)?;
+        // Only the chunk asked for decides this read: a bad chunk of another
+        // file in the read-around window is that file's problem.
+        if let Some((_, e)) = self
+            .fetch_positions(&span, purpose)
+            .into_iter()
+            .find(|(p, _)| *p == pos)
+        {
+            return Err(e);
+        }
         // The chunk we need may have been claimed by another reader.
         if self.cache.contains(&chunk.digest) {
             return Ok(());
@@ -351,7 +359,13 @@ impl Layer {
         let Some(flight) = flight else {
             // Not cached and nobody fetching: fetch it alone.
             let pos = self.pos_of(chunk).unwrap_or(usize::MAX);
-            self.fetch_positions(&[pos], Purpose::Read)?;
+            if let Some((_, e)) = self
+                .fetch_positions(&[pos], Purpose::Read)
+                .into_iter()
+                .next()
+            {
+                return Err(e);
+            }
             return if self.cache.contains(&chunk.digest) {
                 Ok(())
             } else {
@@ -392,16 +406,25 @@ impl Layer {
 
     /// Claims the chunks at `positions` that are neither cached nor in flight,
     /// fetches them in contiguous runs, verifies, caches, and wakes waiters.
-    /// Returns the first error among the chunks this call fetched.
-    fn fetch_positions(&self, positions: &[usize], purpose: Purpose) -> Result<(), ReadError> {
+    /// Returns the errors of the chunks this call fetched, by position.
+    fn fetch_positions(&self, positions: &[usize], purpose: Purpose) -> Vec<(usize, ReadError)> {
         let mut mine: Vec<(usize, Arc<Flight>)> = Vec::new();
         {
             let Ok(mut inflight) = self.inflight.lock() else {
-                return Err(ReadError::Fetch {
-                    layer: self.digest().to_owned(),
-                    what: "chunks".into(),
-                    msg: "lock poisoned".into(),
-                });
+                let msg = || "internal lock poisoned".to_owned();
+                return positions
+                    .iter()
+                    .map(|p| {
+                        (
+                            *p,
+                            ReadError::Fetch {
+                                layer: self.digest().to_owned(),
+                                what: "chunk".into(),
+                                msg: msg(),
+                            },
+                        )
+                    })
+                    .collect();
             };
             for &p in positions {
                 let Some(c) = self.chunk_at(p) else { continue };
@@ -413,7 +436,7 @@ impl Layer {
                 mine.push((p, f));
             }
         }
-        let mut first_err = None;
+        let mut errors = Vec::new();
         let mut i = 0;
         while i < mine.len() {
             // a run of blob-contiguous chunks within max_request
@@ -429,18 +452,17 @@ impl Layer {
                 }
                 j += 1;
             }
-            if let Err(e) = self.fetch_run(&mine[i..j], purpose) {
-                first_err.get_or_insert(e);
-            }
+            errors.extend(self.fetch_run(&mine[i..j], purpose));
             i = j;
         }
-        first_err.map_or(Ok(()), Err)
+        errors
     }
 
-    fn fetch_run(&self, run: &[(usize, Arc<Flight>)], purpose: Purpose) -> Result<(), ReadError> {
+    /// Fetches one contiguous run; returns the errors by position.
+    fn fetch_run(&self, run: &[(usize, Arc<Flight>)], purpose: Purpose) -> Vec<(usize, ReadError)> {
         let chunks: Vec<&Chunk> = run.iter().filter_map(|(p, _)| self.chunk_at(*p)).collect();
         let (Some(first), Some(last)) = (chunks.first(), chunks.last()) else {
-            return Ok(());
+            return Vec::new();
         };
         let range: Range<u64> = first.blob_offset..last.blob_offset + last.blob_len;
         let len = range.end - range.start;
@@ -471,11 +493,17 @@ impl Layer {
                 self.stats.fetch_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(layer = %self.digest(), offset = range.start, len, error = %msg, "fetch failed");
                 self.complete(run, Err(msg.clone()));
-                return Err(ReadError::Fetch {
-                    layer: self.digest().to_owned(),
-                    what: format!("bytes {}..{}", range.start, range.end),
-                    msg,
-                });
+                return run
+                    .iter()
+                    .map(|(p, _)| {
+                        let e = ReadError::Fetch {
+                            layer: self.digest().to_owned(),
+                            what: format!("bytes {}..{}", range.start, range.end),
+                            msg: msg.clone(),
+                        };
+                        (*p, e)
+                    })
+                    .collect();
             }
         };
         self.stats.bytes_fetched.fetch_add(len, Ordering::Relaxed);
@@ -490,8 +518,8 @@ impl Layer {
                 .fetch_add(len, Ordering::Relaxed),
             Purpose::Read => 0,
         };
-        let mut first_err = None;
-        for ((_, flight), c) in run.iter().zip(&chunks) {
+        let mut errors = Vec::new();
+        for ((pos, flight), c) in run.iter().zip(&chunks) {
             let lo = (c.blob_offset - range.start) as usize;
             let hi = lo + c.blob_len as usize;
             let r = match data.get(lo..hi).map(|b| decompress_chunk(c, b)) {
@@ -503,28 +531,34 @@ impl Layer {
                     self.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
                     self.observer.verify_failure();
                     tracing::error!(layer = %self.digest(), chunk = %c.digest, error = %e, "chunk failed verification; not cached");
-                    first_err.get_or_insert(ReadError::Verify {
-                        layer: self.digest().to_owned(),
-                        digest: c.digest.clone(),
-                        msg: e.to_string(),
-                    });
+                    errors.push((
+                        *pos,
+                        ReadError::Verify {
+                            layer: self.digest().to_owned(),
+                            digest: c.digest.clone(),
+                            msg: e.to_string(),
+                        },
+                    ));
                     Err(format!("verification failed: {e}"))
                 }
                 None => Err("range shorter than the chunk".to_owned()),
             };
-            if let (Err(m), None) = (&r, &first_err) {
-                first_err = Some(ReadError::Fetch {
-                    layer: self.digest().to_owned(),
-                    what: c.digest.clone(),
-                    msg: m.clone(),
-                });
+            if let Err(m) = &r {
+                if !errors.iter().any(|(p, _)| p == pos) {
+                    let e = ReadError::Fetch {
+                        layer: self.digest().to_owned(),
+                        what: c.digest.clone(),
+                        msg: m.clone(),
+                    };
+                    errors.push((*pos, e));
+                }
             }
             flight.finish(r);
             if let Ok(mut m) = self.inflight.lock() {
                 m.remove(&key(c));
             }
         }
-        first_err.map_or(Ok(()), Err)
+        errors
     }
 
     fn complete(&self, run: &[(usize, Arc<Flight>)], r: Result<(), String>) {

@@ -260,3 +260,22 @@ fn background_fetch_fills_the_cache() {
     );
     assert!(l.stats.background_bytes.load(Ordering::SeqCst) > 0);
 }
+
+#[test]
+fn a_bad_chunk_in_the_readaround_window_does_not_fail_a_good_read() {
+    let cfg = LayerConfig {
+        readaround: 1 << 20,
+        ..quiet()
+    };
+    let (_d, src, l, a, _rt) = layer(cfg);
+    let c = l.index().node(ino(&l, "c")).unwrap().chunks[0].clone();
+    src.corrupt_at.store(c.blob_offset + 12, Ordering::SeqCst);
+    // a's chunks come first in the blob; c's bad chunk rides along in the window
+    assert_eq!(l.read(ino(&l, "a"), 0, 100).unwrap(), a[..100]);
+    assert_eq!(
+        l.stats.verify_failures.load(Ordering::SeqCst),
+        1,
+        "the bad chunk was fetched and refused"
+    );
+    assert!(l.read(ino(&l, "c"), 0, 10).is_err());
+}

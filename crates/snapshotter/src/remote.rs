@@ -84,6 +84,19 @@ pub fn layer_ref(labels: &BTreeMap<String, String>) -> Option<Result<LayerRef, S
     }))
 }
 
+/// The chain ID in containerd's unpack key (`[<ns>/<n>/]extract-<id> <chain ID>`,
+/// `snapshots.UnpackKeyFormat`), for unpacks that carry no labels.
+pub fn unpack_chain_id(key: &str) -> Option<&str> {
+    let (head, chain) = key.rsplit_once(' ')?;
+    let hex = chain.strip_prefix("sha256:")?;
+    let is_digest = hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let last = head.rsplit('/').next()?;
+    (is_digest && last.starts_with("extract-")).then_some(chain)
+}
+
 /// Settings of the remote path (from the config file and environment).
 #[derive(Debug, Clone)]
 pub struct RemoteConfig {
@@ -401,6 +414,25 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn unpack_keys_are_recognised() {
+        let chain = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(
+            unpack_chain_id(&format!("default/12/extract-123-abc {chain}")),
+            Some(chain.as_str())
+        );
+        assert_eq!(
+            unpack_chain_id(&format!("extract-9 {chain}")),
+            Some(chain.as_str())
+        );
+        assert_eq!(
+            unpack_chain_id(&format!("default/12/mycontainer {chain}")),
+            None
+        );
+        assert_eq!(unpack_chain_id("default/12/extract-1 sha256:short"), None);
+        assert_eq!(unpack_chain_id("default/3/ctr-rootfs"), None);
     }
 
     #[test]

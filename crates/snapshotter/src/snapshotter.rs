@@ -183,7 +183,16 @@ impl Snapshotter {
     ) -> Result<Vec<Mount>> {
         if kind == Kind::Active {
             if let Some(decision) = remote::layer_ref(&labels) {
-                return self.prepare_layer(key, parent, labels, decision);
+                let chain_id = labels.get(LABEL_SNAPSHOT_REF).cloned().unwrap_or_default();
+                return self.prepare_layer(key, parent, labels, &chain_id, decision);
+            }
+            // containerd 1.6's `ctr image pull` unpacks through
+            // rootfs.ApplyLayer, which sends no labels at all: recognise its
+            // key, so such a layer is still an image layer — with no
+            // provenance — and not a silent plain snapshot.
+            if let Some(chain_id) = remote::unpack_chain_id(key) {
+                let reason = "no layer labels (the client unpacked without remote-snapshot labels, e.g. plain `ctr pull`; use `hologram pull` or CRI)";
+                return self.prepare_layer(key, parent, labels, chain_id, Err(reason.to_owned()));
             }
         }
         let snap = self.store.write(|t| {
@@ -203,16 +212,16 @@ impl Snapshotter {
         key: &str,
         parent: &str,
         labels: BTreeMap<String, String>,
+        chain_id: &str,
         decision: std::result::Result<LayerRef, String>,
     ) -> Result<Vec<Mount>> {
-        let chain_id = labels.get(LABEL_SNAPSHOT_REF).cloned().unwrap_or_default();
         let exists = || StoreError::AlreadyExists(format!("target snapshot {chain_id:?}"));
         // Trust first: nothing of an image that fails its policy is mounted
         // or unpacked, whatever else is already here.
         let mut labels = labels;
         let mut decision = decision;
         if let Some(gate) = &self.trust {
-            let prov = gate.check_layer(&chain_id, &labels)?;
+            let prov = gate.check_layer(chain_id, &labels)?;
             if let (Some(p), Ok(lr)) = (&prov, &mut decision) {
                 // The verified manifest, not the client's labels, names the TOC.
                 let (toc, size) = crate::trust::layer_facts(p, &lr.layer_digest);
@@ -223,7 +232,7 @@ impl Snapshotter {
         }
         // Already served (another namespace, an earlier pull): containerd
         // finds it with a Walk on the ref label and parent.
-        if let Ok((_, info, _)) = self.store.info(&chain_id) {
+        if let Ok((_, info, _)) = self.store.info(chain_id) {
             if info.kind == Kind::Committed && info.parent == parent {
                 return Err(exists());
             }
@@ -231,13 +240,13 @@ impl Snapshotter {
         let disabled = || Fallback::new("disabled", "remote snapshots are disabled");
         let (lr, remote) = match (decision, self.remote.clone()) {
             (Ok(lr), Some(r)) if r.enabled() => (lr, r),
-            (Ok(_), _) => return self.fallback(key, parent, labels, &chain_id, disabled()),
+            (Ok(_), _) => return self.fallback(key, parent, labels, chain_id, disabled()),
             (Err(reason), _) => {
                 return self.fallback(
                     key,
                     parent,
                     labels,
-                    &chain_id,
+                    chain_id,
                     Fallback::new("no_labels", reason),
                 )
             }
@@ -261,7 +270,7 @@ impl Snapshotter {
         commit_labels.extend(extra);
         match self
             .store
-            .write(|t| t.commit(key, &chain_id, Usage::default(), commit_labels))
+            .write(|t| t.commit(key, chain_id, Usage::default(), commit_labels))
         {
             Ok(_) => {
                 tracing::info!(layer = %lr.layer_digest, image = %lr.image, chain_id = %chain_id, "layer mounted lazily");
