@@ -128,11 +128,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 hosts_dir,
                 reference,
             };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            let summary = rt.block_on(pull::pull(&args))?;
+            let summary = runtime()?.block_on(pull::pull(&args))?;
             println!("{summary}");
             Ok(())
         }
@@ -150,30 +146,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 chunk_size,
                 prefetch,
             };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            let digest = rt.block_on(convert::run(&args))?;
+            let digest = runtime()?.block_on(convert::run(&args))?;
             println!("{target}@{digest}");
             Ok(())
         }
         Command::Uor { cmd } => runtime()?.block_on(uor::run(cmd)),
         Command::Witness { cmd } => runtime()?.block_on(witness::run(cmd)),
-        Command::Status(args) => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            rt.block_on(status::run(args))
-        }
-        Command::Ping { address } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            rt.block_on(ping(address))
-        }
+        Command::Status(args) => runtime()?.block_on(status::run(args)),
+        Command::Ping { address } => runtime()?.block_on(ping(address)),
     }
 }
 
