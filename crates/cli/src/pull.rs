@@ -150,7 +150,7 @@ fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
-/// containerd's chain IDs: chain[0] = diff[0]; chain[i] = H(chain[i-1] + " " + diff[i]).
+/// containerd's chain IDs: `chain[0] = diff[0]`; `chain[i] = H(chain[i-1] + " " + diff[i])`.
 pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
     for d in diff_ids {
