@@ -425,6 +425,7 @@ fn router(dir: PathBuf) -> Router {
     Router::new()
         .route("/v1/witness/verify", post(post_verify))
         .route("/v1/witness/{uor_id}", get(get_witness))
+        .route("/v1/manifests/{uor_id}", get(get_manifest))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".to_string(), None) })
         .with_state(ServeState { dir: Arc::new(dir) })
 }
@@ -501,6 +502,43 @@ async fn get_witness(
         None => error(
             StatusCode::NOT_FOUND,
             format!("no witness for {uor}"),
+            Some(uor.to_string()),
+        ),
+    }
+}
+
+/// `GET /v1/manifests/{uor_id}`: the resolver side of the endpoint API,
+/// answered from manifest files in the directory (`hologram uor resolve --save`).
+async fn get_manifest(
+    State(state): State<ServeState>,
+    UrlPath(uor_id): UrlPath<String>,
+) -> Response {
+    let uor = match UorId::parse(&uor_id) {
+        Ok(u) => u,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string(), None),
+    };
+    let dir = state.dir.as_ref().clone();
+    match tokio::task::spawn_blocking(move || crate::uor::find_in_dir(&dir, &uor)).await {
+        Ok(Ok(Some(bytes))) => {
+            let media = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["mediaType"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| "application/octet-stream".to_owned());
+            ([(axum::http::header::CONTENT_TYPE, media)], bytes).into_response()
+        }
+        Ok(Ok(None)) => error(
+            StatusCode::NOT_FOUND,
+            format!("no manifest for {uor}"),
+            Some(uor.to_string()),
+        ),
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{e:#}"),
+            Some(uor.to_string()),
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.to_string(),
             Some(uor.to_string()),
         ),
     }
