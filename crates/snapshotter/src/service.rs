@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,9 @@ use tonic::{Request, Response, Status};
 
 use crate::mounts::Mount;
 use crate::snapshotter::Snapshotter;
+
+/// Request ids for log correlation.
+static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
 
 /// containerd streams List results in batches; it uses 100 per message.
 const LIST_BATCH: usize = 100;
@@ -45,7 +49,14 @@ impl SnapshotsService {
     ) -> Result<T, Status> {
         let sn = Arc::clone(&self.sn);
         let started = std::time::Instant::now();
-        let out = tokio::task::spawn_blocking(move || f(&sn))
+        // Every log line of this call carries its request id (visible at
+        // debug level, e.g. with HOLOGRAM_VERBOSE=1).
+        let span = tracing::debug_span!(
+            "rpc",
+            op,
+            req = NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)
+        );
+        let out = tokio::task::spawn_blocking(move || span.in_scope(|| f(&sn)))
             .await
             .map_err(|e| Status::internal(format!("{op}: worker failed: {e}")))?;
         if let Some(m) = &self.metrics {
