@@ -86,7 +86,7 @@ vet:
 ## security: offline dependency and unsafe audit (see docs/SECURITY.md)
 security:
 	@command -v cargo-deny >/dev/null || $(CARGO) install --locked cargo-deny
-	$(CARGO) deny --offline check licenses bans sources
+	$(CARGO) deny check licenses bans sources
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings -D clippy::undocumented_unsafe_blocks
 	scripts/unsafe-audit.sh
 
