@@ -72,6 +72,10 @@ pub enum WitnessCommand {
         /// Write the envelope here instead of standard output
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also attach the envelope to the image's manifest in the registry
+        /// (an OCI artifact referring to it; the snapshotter finds it there)
+        #[arg(long)]
+        attach: bool,
         /// Image reference
         reference: String,
     },
@@ -119,9 +123,11 @@ pub async fn run(cmd: WitnessCommand) -> anyhow::Result<()> {
             witness_type,
             metadata,
             out,
+            attach,
             reference,
         } => {
             let pem = read_to_string(&key)?;
+            let reg_cfg = registry_config(plain_http, hosts_dir.clone());
             let signing_key = SigningKey::from_pem(&pem)
                 .with_context(|| format!("cannot use {} as a signing key", key.display()))?;
             let image = resolve_image(&reference, registry_config(plain_http, hosts_dir)).await?;
@@ -140,6 +146,24 @@ pub async fn run(cmd: WitnessCommand) -> anyhow::Result<()> {
                 metadata.unwrap_or_else(|| serde_json::json!({})),
             )?;
             let json = env.to_json_pretty() + "\n";
+            if attach {
+                let client = hologram_remote::RegistryClient::new(reg_cfg)
+                    .context("cannot set up the registry client")?;
+                let r = hologram_remote::Reference::parse(&image.reference)
+                    .with_context(|| format!("invalid reference {}", image.reference))?;
+                let d = hologram_remote::referrers::attach(
+                    &client,
+                    &r,
+                    &image.manifest_digest,
+                    &image.media_type,
+                    image.size as u64,
+                    hologram_trust::DSSE_ARTIFACT_TYPE,
+                    bytes::Bytes::from(json.clone().into_bytes()),
+                )
+                .await
+                .context("cannot attach the witness to the image")?;
+                eprintln!("attached the witness to {} as {d}", image.reference);
+            }
             match out {
                 Some(path) => {
                     write_file(&path, json.as_bytes(), 0o644, true)?;

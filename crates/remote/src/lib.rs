@@ -75,6 +75,7 @@ mod error;
 mod hosts;
 mod manifest;
 mod reference;
+pub mod referrers;
 
 pub use blob::{BlobSource, RegistryBlob};
 pub use client::{RegistryClient, RegistryConfig, MAX_RANGE_BODY};

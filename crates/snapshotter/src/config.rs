@@ -39,7 +39,7 @@ pub struct FileConfig {
 }
 
 /// `[trust]`: verify image witnesses before layers are used.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrustSection {
     /// Fail closed (`HOLOGRAM_ENFORCE=1`): refuse layers whose image has no
@@ -53,6 +53,22 @@ pub struct TrustSection {
     pub trusted_keys: Vec<PathBuf>,
     /// Provenance labels on snapshots and debug logs (`HOLOGRAM_VERBOSE=1`).
     pub verbose: bool,
+    /// Look for witnesses attached to the manifest in the registry (OCI
+    /// referrers, tag schema), as `hologram witness sign --attach` stores them.
+    pub referrers: bool,
+}
+
+impl Default for TrustSection {
+    fn default() -> Self {
+        TrustSection {
+            enforce: false,
+            witness_endpoint: None,
+            witness_dir: None,
+            trusted_keys: Vec::new(),
+            verbose: false,
+            referrers: true,
+        }
+    }
 }
 
 impl TrustSection {

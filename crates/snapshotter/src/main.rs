@@ -207,6 +207,7 @@ fn trust_gate(
             dir: t.witness_dir,
             keys,
             verbose: t.verbose,
+            referrers: t.referrers,
             registry,
         },
         tokio::runtime::Handle::current(),

@@ -53,6 +53,8 @@ pub struct TrustConfig {
     pub dir: Option<PathBuf>,
     pub keys: Vec<PublicKey>,
     pub verbose: bool,
+    /// Also look for witnesses attached to the manifest in the registry.
+    pub referrers: bool,
     pub registry: RegistryConfig,
 }
 
@@ -265,7 +267,7 @@ impl TrustGate {
             manifest: doc,
             witness_ok: false,
         };
-        let (envelopes, notes) = self.witnesses(&uor);
+        let (envelopes, notes) = self.witnesses(&uor, &reference, &manifest.digest);
         let result = if self.cfg.keys.is_empty() {
             Err("no trusted witness keys are configured".to_owned())
         } else if envelopes.is_empty() {
@@ -307,10 +309,15 @@ impl TrustGate {
         }
     }
 
-    /// Witnesses for `uor` from the endpoint and the directory, with notes on
-    /// sources that failed (an unreachable endpoint is a failure to report,
-    /// not an empty answer).
-    fn witnesses(&self, uor: &UorId) -> (Vec<Envelope>, Vec<String>) {
+    /// Witnesses for `uor` from the endpoint, the directory and the
+    /// manifest's attached artifacts, with notes on sources that failed (an
+    /// unreachable endpoint is a failure to report, not an empty answer).
+    fn witnesses(
+        &self,
+        uor: &UorId,
+        image: &Reference,
+        manifest_digest: &str,
+    ) -> (Vec<Envelope>, Vec<String>) {
         let mut out = Vec::new();
         let mut notes = Vec::new();
         if let Some(ep) = &self.cfg.endpoint {
@@ -346,6 +353,27 @@ impl TrustGate {
             match hologram_trust::load_dir(dir) {
                 Ok(d) => out.extend(d.get(uor).iter().cloned()),
                 Err(e) => notes.push(format!("witness directory {}: {e}", dir.display())),
+            }
+        }
+        if self.cfg.referrers {
+            let found = self.rt.block_on(hologram_remote::referrers::fetch_attached(
+                &self.client,
+                image,
+                manifest_digest,
+                hologram_trust::DSSE_ARTIFACT_TYPE,
+            ));
+            match found {
+                Ok(blobs) => {
+                    for b in blobs {
+                        match hologram_trust::parse_witness_json(&b) {
+                            Ok(e) => out.push(e),
+                            Err(e) => {
+                                notes.push(format!("attached artifact is not a witness: {e}"))
+                            }
+                        }
+                    }
+                }
+                Err(e) => notes.push(format!("witnesses attached in the registry: {e}")),
             }
         }
         (out, notes)

@@ -46,5 +46,6 @@ pub use policy::{decide, Decision, Mode};
 pub use uor::{UorHasher, UorId, R_MODULUS, STREAM_CHUNK};
 pub use witness::{
     pae, sign, sign_payload, verify, verify_any, Envelope, Predicate, Signature, Statement,
-    Subject, Verified, CLOCK_SKEW, PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE,
+    Subject, Verified, CLOCK_SKEW, DSSE_ARTIFACT_TYPE, PAYLOAD_TYPE, PREDICATE_TYPE,
+    STATEMENT_TYPE,
 };

@@ -23,6 +23,8 @@ use crate::{PublicKey, SigningKey, TrustError, UorId};
 
 /// The DSSE payloadType of a witness.
 pub const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
+/// Media type of a DSSE envelope stored as an OCI artifact (attached witnesses).
+pub const DSSE_ARTIFACT_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
 /// The in-toto statement `_type`.
 pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
 /// The predicateType of a hologram witness.
