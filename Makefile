@@ -68,7 +68,7 @@ test-integration: dev-setup
 test-coverage: dev-setup
 	@command -v cargo-tarpaulin >/dev/null || $(CARGO) install --locked cargo-tarpaulin
 	$(CARGO) tarpaulin --workspace --exclude hologram-e2e --exclude hologram-bench \
-	  --out Stdout --skip-clean --target-dir target/tarpaulin -- --test-threads=1
+	  --exclude-files 'target/*' --out Stdout --skip-clean --target-dir target/tarpaulin -- --test-threads=1
 
 fmt:
 	$(CARGO) fmt --all
