@@ -14,7 +14,6 @@
 //! 4. label the config with the snapshot GC root and create the image record.
 
 use std::collections::HashMap;
-use std::io::IsTerminal as _;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context as _};
@@ -29,6 +28,7 @@ use containerd_client::services::v1::{
 };
 use containerd_client::types::Descriptor;
 use hologram_remote::{Reference, RegistryClient, RegistryConfig};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tonic::transport::Channel;
@@ -304,12 +304,6 @@ fn rfc3339(t: SystemTime) -> String {
 /// Runs the pull; prints progress on a terminal; returns the summary.
 pub async fn pull(args: &PullArgs) -> anyhow::Result<Summary> {
     let started = Instant::now();
-    let progress = std::io::stderr().is_terminal();
-    let say = |msg: String| {
-        if progress {
-            eprintln!("{msg}");
-        }
-    };
     let reference = Reference::parse(&args.reference)
         .with_context(|| format!("invalid reference {:?}", args.reference))?;
     let image_name = reference.to_string();
@@ -379,6 +373,15 @@ pub async fn pull(args: &PullArgs) -> anyhow::Result<Summary> {
         .context("creating a lease")?;
     ctd.lease = Some(lease_id.clone());
 
+    // A progress bar on a terminal (indicatif draws nothing otherwise).
+    let bar =
+        ProgressBar::with_draw_target(Some(mdoc.layers.len() as u64), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} [{bar:24}] {pos}/{len} layers  {msg}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.enable_steady_tick(Duration::from_millis(120));
     let result = unpack(
         &ctd,
         &registry,
@@ -391,9 +394,10 @@ pub async fn pull(args: &PullArgs) -> anyhow::Result<Summary> {
         &chains,
         &cdoc,
         &mut sum,
-        &say,
+        &bar,
     )
     .await;
+    bar.finish_and_clear();
 
     // The image record and GC labels now hold everything; drop the lease.
     let mut plain = Ctd {
@@ -426,8 +430,12 @@ async fn unpack(
     chains: &[String],
     cdoc: &ConfigDoc,
     sum: &mut Summary,
-    say: &dyn Fn(String),
+    bar: &ProgressBar,
 ) -> anyhow::Result<()> {
+    let say = |msg: String| {
+        bar.println(msg);
+        bar.inc(1);
+    };
     // content: config, manifest (GC refs to config and layers), index
     ctd.write_content(&mdoc.config.digest, config.to_vec(), HashMap::new())
         .await?;
@@ -568,8 +576,10 @@ async fn unpack(
             layer,
             &cdoc.rootfs.diff_ids[i],
             mounts,
+            bar.clone(),
         )
         .await;
+        bar.set_message("");
         match res {
             Ok(n) => sum.bytes_fetched += n,
             Err(e) => {
@@ -654,6 +664,7 @@ async fn fetch_and_apply(
     layer: &DescriptorDoc,
     diff_id: &str,
     mounts: Vec<containerd_client::types::Mount>,
+    bar: ProgressBar,
 ) -> anyhow::Result<u64> {
     let size = u64::try_from(layer.size).context("negative layer size")?;
     // Download in pieces straight into the content stream; the last message
@@ -672,6 +683,11 @@ async fn fetch_and_apply(
                 .await
                 .with_context(|| format!("downloading layer {digest}"))?;
             hasher.update(&bytes);
+            let short: String = digest.chars().take(19).collect();
+            bar.set_message(format!(
+                "downloading {short} {}%",
+                (off + len) * 100 / size.max(1)
+            ));
             let last = off + len == size;
             if last {
                 let got = format!("sha256:{}", hex::encode(hasher.clone().finalize()));
