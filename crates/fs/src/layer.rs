@@ -82,22 +82,16 @@ pub enum ReadError {
     Cache(#[from] std::io::Error),
 }
 
-/// Per-layer counters (the daemon exports them as metrics).
+/// Per-layer counters the daemon reads at scrape time (per-event counts go
+/// through the [`Observer`]).
 #[derive(Debug, Default)]
 pub struct LayerStats {
-    /// Compressed bytes received from the source.
-    pub bytes_fetched: AtomicU64,
-    /// Range requests sent.
-    pub requests: AtomicU64,
     /// Uncompressed bytes returned to readers.
     pub bytes_served: AtomicU64,
     pub verify_failures: AtomicU64,
-    pub fetch_failures: AtomicU64,
     /// Compressed bytes fetched by prefetch / background fetch.
     pub prefetched_bytes: AtomicU64,
     pub background_bytes: AtomicU64,
-    /// Chunks of this layer that are not yet cached (for progress).
-    pub chunks_total: AtomicU64,
 }
 
 /// A chunk's identity within its blob: several small files may share one
@@ -190,10 +184,6 @@ impl Layer {
             }
         }
         order.sort_by_key(|(_, _, off)| *off);
-        let stats = LayerStats::default();
-        stats
-            .chunks_total
-            .store(order.len() as u64, Ordering::Relaxed);
         Layer {
             index,
             source,
@@ -204,7 +194,7 @@ impl Layer {
             inflight: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             observer,
-            stats,
+            stats: LayerStats::default(),
         }
     }
 
@@ -466,7 +456,6 @@ impl Layer {
         };
         let range: Range<u64> = first.blob_offset..last.blob_offset + last.blob_len;
         let len = range.end - range.start;
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let t = Instant::now();
         let res = self.rt.block_on(async {
             tokio::time::timeout(
@@ -490,7 +479,6 @@ impl Layer {
                     Ok(Err(e)) => e.to_string(),
                     Err(_) => format!("no answer within {:?}", self.cfg.fetch_timeout),
                 };
-                self.stats.fetch_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(layer = %self.digest(), offset = range.start, len, error = %msg, "fetch failed");
                 self.complete(run, Err(msg.clone()));
                 return run
@@ -506,7 +494,6 @@ impl Layer {
                     .collect();
             }
         };
-        self.stats.bytes_fetched.fetch_add(len, Ordering::Relaxed);
         match purpose {
             Purpose::Prefetch => self
                 .stats

@@ -12,7 +12,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hologram_fs::cache::ChunkCache;
@@ -107,14 +106,6 @@ pub struct RemoteConfig {
     pub fuse_threads: usize,
 }
 
-/// Counters for fallbacks and mounts (exported as metrics).
-#[derive(Debug, Default)]
-pub struct RemoteStats {
-    pub mounted: AtomicU64,
-    pub fallbacks: AtomicU64,
-    pub mount_failures: AtomicU64,
-}
-
 /// Why a layer is not served lazily: a short category (a metric label) and
 /// the full reason (the log line, the operator's answer).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,7 +139,6 @@ pub struct RemoteLayers {
     mounts: Mutex<HashMap<u64, MountedLayer>>,
     observer: Arc<dyn Observer>,
     metrics: Option<Arc<Metrics>>,
-    pub stats: RemoteStats,
 }
 
 impl std::fmt::Debug for RemoteLayers {
@@ -186,13 +176,11 @@ impl RemoteLayers {
                 None => Arc::new(NoObserver),
             },
             metrics,
-            stats: RemoteStats::default(),
         })
     }
 
-    /// Counts a fallback (stats and metric); the caller logs it.
+    /// Counts a fallback (metric); the caller logs it.
     pub fn record_fallback(&self, f: &Fallback) {
-        self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
         if let Some(m) = &self.metrics {
             m.fallback(f.category);
         }
@@ -248,7 +236,6 @@ impl RemoteLayers {
         if let Ok(mut m) = self.mounts.lock() {
             m.insert(id, mounted);
         }
-        self.stats.mounted.fetch_add(1, Ordering::Relaxed);
         let mut labels = BTreeMap::new();
         labels.insert(LABEL_REMOTE.to_owned(), REMOTE_VALUE.to_owned());
         labels.insert(LABEL_SOURCE.to_owned(), source.source_kind().to_owned());
@@ -361,11 +348,6 @@ impl RemoteLayers {
     pub fn unmount(&self, id: u64) {
         let m = self.mounts.lock().ok().and_then(|mut m| m.remove(&id));
         drop(m);
-    }
-
-    /// Number of mounted remote layers.
-    pub fn mounted(&self) -> usize {
-        self.mounts.lock().map(|m| m.len()).unwrap_or(0)
     }
 
     /// Re-mounts a committed remote snapshot after a restart, from its labels
