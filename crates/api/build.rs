@@ -1,11 +1,17 @@
-//! Compiles containerd's vendored snapshots v1 protos with `protox` (a pure-Rust
+//! Compiles containerd's vendored protos (snapshots, content, images, leases,
+//! diff) with `protox` (a pure-Rust
 //! protobuf compiler, so no `protoc` is needed) and generates prost messages plus
 //! tonic client and server code.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/containerd/types/mount.proto",
+        "proto/containerd/types/descriptor.proto",
         "proto/containerd/services/snapshots/v1/snapshots.proto",
+        "proto/containerd/services/content/v1/content.proto",
+        "proto/containerd/services/images/v1/images.proto",
+        "proto/containerd/services/leases/v1/leases.proto",
+        "proto/containerd/services/diff/v1/diff.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -1,13 +1,16 @@
-//! containerd's `containerd.services.snapshots.v1.Snapshots` gRPC API.
+//! containerd's gRPC APIs this project speaks: the snapshots service (served
+//! by the daemon) and the content, images, leases and diff services (used by
+//! `hologram pull` and the tests as clients).
 //!
-//! Generated at build time from the protos vendored under `proto/` (containerd
-//! v1.6, Apache-2.0, gogoproto options removed; the wire format is unchanged).
+//! Generated at build time from the protos vendored under `proto/` (containerd,
+//! Apache-2.0; gogoproto options removed, wire format unchanged) with `protox`,
+//! so building needs no `protoc`.
 //! Module paths mirror the protobuf packages so generated cross-references resolve.
 
 #![allow(clippy::all, missing_docs)]
 
 pub mod containerd {
-    /// `containerd.types` (the `Mount` message).
+    /// `containerd.types` (`Mount`, `Descriptor`).
     pub mod types {
         tonic::include_proto!("containerd.types");
     }
@@ -18,9 +21,37 @@ pub mod containerd {
                 tonic::include_proto!("containerd.services.snapshots.v1");
             }
         }
+        pub mod content {
+            /// `containerd.services.content.v1`.
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.content.v1");
+            }
+        }
+        pub mod images {
+            /// `containerd.services.images.v1`.
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.images.v1");
+            }
+        }
+        pub mod leases {
+            /// `containerd.services.leases.v1`.
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.leases.v1");
+            }
+        }
+        pub mod diff {
+            /// `containerd.services.diff.v1`.
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.diff.v1");
+            }
+        }
     }
 }
 
+pub use containerd::services::content::v1 as content;
+pub use containerd::services::diff::v1 as diff;
+pub use containerd::services::images::v1 as images;
+pub use containerd::services::leases::v1 as leases;
 pub use containerd::services::snapshots::v1 as snapshots;
 pub use containerd::types;
 pub use prost_types;

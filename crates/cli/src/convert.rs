@@ -30,7 +30,7 @@ const MAX_CONFIG: u64 = 64 * 1024 * 1024;
 pub struct ConvertArgs {
     pub source: String,
     pub target: String,
-    pub plain_http: bool,
+    pub registry: RegistryConfig,
     pub chunk_size: usize,
     /// Files to put before the prefetch landmark (fetched at mount).
     pub prefetch: Vec<String>,
@@ -53,11 +53,8 @@ fn sha256_file(f: &mut File) -> anyhow::Result<String> {
 
 /// Runs the conversion; returns the pushed manifest's digest.
 pub async fn run(args: &ConvertArgs) -> anyhow::Result<String> {
-    let client = RegistryClient::new(RegistryConfig {
-        plain_http: args.plain_http,
-        ..RegistryConfig::default()
-    })
-    .context("cannot set up the registry client")?;
+    let client =
+        RegistryClient::new(args.registry.clone()).context("cannot set up the registry client")?;
     let src = Reference::parse(&args.source)
         .with_context(|| format!("invalid reference {:?}", args.source))?;
     let dst = Reference::parse(&args.target)
@@ -83,11 +80,11 @@ pub async fn run(args: &ConvertArgs) -> anyhow::Result<String> {
 
     let mut new_layers = Vec::new();
     let mut diff_ids = Vec::new();
+    let bar = crate::progress::Progress::layers(layers.len());
     for (i, l) in layers.iter().enumerate() {
         let digest = l["digest"].as_str().context("layer without digest")?;
         let size = l["size"].as_u64().context("layer without size")?;
         let media = l["mediaType"].as_str().unwrap_or_default();
-        eprintln!("layer {}/{} {digest}: converting", i + 1, layers.len());
         let mut raw = tempfile::tempfile().context("temporary file")?;
         let mut off = 0;
         while off < size {
@@ -98,6 +95,7 @@ pub async fn run(args: &ConvertArgs) -> anyhow::Result<String> {
                 .with_context(|| format!("downloading layer {digest}"))?;
             raw.write_all(&bytes)?;
             off += len;
+            bar.bytes("downloading", digest, off, size);
         }
         let got = sha256_file(&mut raw)?;
         if got != digest {
@@ -110,6 +108,7 @@ pub async fn run(args: &ConvertArgs) -> anyhow::Result<String> {
         } else {
             Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(raw)))
         };
+        bar.step(format!("converting layer {}/{}", i + 1, layers.len()));
         let mut out = tempfile::tempfile().context("temporary file")?;
         let opts = ConvertOptions {
             chunk_size: args.chunk_size,
@@ -126,18 +125,19 @@ pub async fn run(args: &ConvertArgs) -> anyhow::Result<String> {
         out.seek(SeekFrom::Start(0))?;
         let mut blob = Vec::with_capacity(usize::try_from(converted.size).unwrap_or(0));
         out.read_to_end(&mut blob)?;
+        bar.step(format!("pushing layer {}/{}", i + 1, layers.len()));
         client
             .push_blob(&dst, &converted.digest, bytes::Bytes::from(blob))
             .await
             .with_context(|| format!("pushing layer {}", converted.digest))?;
-        eprintln!(
+        bar.layer_done(format!(
             "layer {}/{} {digest} -> {} ({} bytes, TOC {})",
             i + 1,
             layers.len(),
             converted.digest,
             converted.size,
             converted.toc_digest
-        );
+        ));
         new_layers.push(json!({
             "mediaType": MT_LAYER_GZIP,
             "digest": converted.digest,
@@ -149,6 +149,7 @@ pub async fn run(args: &ConvertArgs) -> anyhow::Result<String> {
         }));
         diff_ids.push(Value::String(converted.diff_id));
     }
+    bar.finish();
     config["rootfs"] = json!({ "type": "layers", "diff_ids": diff_ids });
     let config_out = serde_json::to_vec(&config)?;
     let config_out_digest = format!("sha256:{}", hex::encode(Sha256::digest(&config_out)));

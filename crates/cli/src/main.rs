@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 mod convert;
+mod progress;
 mod pull;
 mod status;
 mod uor;
@@ -26,8 +27,51 @@ mod witness;
     about = "hologram-snapshotter command-line tool"
 )]
 struct Cli {
+    /// containerd's socket (as ctr's --address)
+    #[arg(
+        short = 'a',
+        long,
+        global = true,
+        env = "CONTAINERD_ADDRESS",
+        default_value = "/run/containerd/containerd.sock"
+    )]
+    address: PathBuf,
+    /// containerd namespace (as ctr's --namespace)
+    #[arg(
+        short = 'n',
+        long,
+        global = true,
+        env = "CONTAINERD_NAMESPACE",
+        default_value = "default"
+    )]
+    namespace: String,
+    /// More log output on standard error: -v info, -vv debug, -vvv trace
+    #[arg(short = 'v', long = "verbose", global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Log level or tracing filter (overrides -v), e.g. `debug` or
+    /// `hologram_remote=trace`
+    #[arg(long, global = true, env = "HOLOGRAM_LOG", value_name = "LEVEL")]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Registry access shared by the commands that talk to registries.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct RegistryArgs {
+    /// Use plain HTTP for registries that hosts.toml does not configure
+    #[arg(long)]
+    plain_http: bool,
+    /// containerd hosts.toml directory (mirrors, plain-HTTP hosts, CAs); the
+    /// daemon's default, so both resolve hosts alike
+    #[arg(long, value_name = "DIR", default_value = hologram_remote::DEFAULT_HOSTS_DIR)]
+    hosts_dir: PathBuf,
+}
+
+impl RegistryArgs {
+    pub(crate) fn config(&self) -> hologram_remote::RegistryConfig {
+        uor::registry_config(self.plain_http, Some(self.hosts_dir.clone()))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -37,35 +81,18 @@ enum Command {
     /// Pull an image through containerd so that a remote snapshotter can
     /// mount its layers lazily (like `ctr-remote image rpull`)
     Pull {
-        /// containerd's socket
-        #[arg(long, default_value = "/run/containerd/containerd.sock")]
-        address: PathBuf,
-        /// containerd namespace
-        #[arg(
-            long,
-            short = 'n',
-            default_value = "default",
-            env = "CONTAINERD_NAMESPACE"
-        )]
-        namespace: String,
         /// Snapshotter to unpack with
-        #[arg(long, default_value = "hologram")]
+        #[arg(long, env = "CONTAINERD_SNAPSHOTTER", default_value = "hologram")]
         snapshotter: String,
-        /// Use plain HTTP for the registry
-        #[arg(long)]
-        plain_http: bool,
-        /// containerd hosts.toml directory (mirrors, plain-HTTP hosts, CAs)
-        #[arg(long)]
-        hosts_dir: Option<PathBuf>,
+        #[command(flatten)]
+        registry: RegistryArgs,
         /// Image reference
         reference: String,
     },
-    /// Ask a running hologram-snapshotter how many snapshots it holds
     /// Rewrite an image into eStargz (with TOC-digest annotations) and push it
     Convert {
-        /// Use plain HTTP for the registries
-        #[arg(long)]
-        plain_http: bool,
+        #[command(flatten)]
+        registry: RegistryArgs,
         /// Chunk size in bytes for large files
         #[arg(long, default_value_t = 4 * 1024 * 1024)]
         chunk_size: usize,
@@ -89,21 +116,45 @@ enum Command {
     },
     /// Summarise a running daemon from its /metrics endpoint
     Status(status::StatusArgs),
+    /// Check that a hologram-snapshotter answers on its socket, and count
+    /// its snapshots
     Ping {
         /// The snapshotter's socket
         #[arg(long, default_value = "/run/hologram-snapshotter/hologram.sock")]
-        address: PathBuf,
+        socket: PathBuf,
     },
 }
 
 fn main() -> std::process::ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.log_level.as_deref());
+    match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hologram: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Warnings and errors of the libraries (registry client, trust) reach
+/// standard error; `-v`/`--log-level` show more.
+fn init_logging(verbose: u8, level: Option<&str>) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = level
+        .and_then(|l| tracing_subscriber::EnvFilter::try_new(l).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -113,19 +164,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Pull {
-            address,
-            namespace,
             snapshotter,
-            plain_http,
-            hosts_dir,
+            registry,
             reference,
         } => {
             let args = pull::PullArgs {
-                address,
-                namespace,
+                address: cli.address,
+                namespace: cli.namespace,
                 snapshotter,
-                plain_http,
-                hosts_dir,
+                registry: registry.config(),
                 reference,
             };
             let summary = runtime()?.block_on(pull::pull(&args))?;
@@ -133,7 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Convert {
-            plain_http,
+            registry,
             chunk_size,
             prefetch,
             source,
@@ -142,7 +189,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let args = convert::ConvertArgs {
                 source,
                 target: target.clone(),
-                plain_http,
+                registry: registry.config(),
                 chunk_size,
                 prefetch,
             };
@@ -153,7 +200,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Uor { cmd } => runtime()?.block_on(uor::run(cmd)),
         Command::Witness { cmd } => runtime()?.block_on(witness::run(cmd)),
         Command::Status(args) => runtime()?.block_on(status::run(args)),
-        Command::Ping { address } => runtime()?.block_on(ping(address)),
+        Command::Ping { socket } => runtime()?.block_on(ping(socket)),
     }
 }
 
@@ -184,4 +231,64 @@ async fn ping(address: PathBuf) -> anyhow::Result<()> {
     }
     println!("{}: serving, {n} snapshots", address.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("hologram").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn containerd_flags_go_before_or_after_the_command_as_with_ctr() {
+        for args in [
+            &["-n", "k8s.io", "-a", "/x.sock", "pull", "r/i:1"][..],
+            &["pull", "-n", "k8s.io", "--address", "/x.sock", "r/i:1"][..],
+            &["--namespace=k8s.io", "pull", "-a", "/x.sock", "r/i:1"][..],
+        ] {
+            let cli = parse(args);
+            assert_eq!(cli.namespace, "k8s.io", "{args:?}");
+            assert_eq!(cli.address, PathBuf::from("/x.sock"), "{args:?}");
+            assert!(matches!(cli.command, Command::Pull { .. }));
+        }
+    }
+
+    #[test]
+    fn pull_resolves_hosts_like_the_daemon_by_default() {
+        let Command::Pull { registry, .. } = parse(&["pull", "r/i:1"]).command else {
+            panic!("not pull");
+        };
+        assert_eq!(
+            registry.config().hosts_dir.as_deref(),
+            Some(std::path::Path::new(hologram_remote::DEFAULT_HOSTS_DIR))
+        );
+        assert!(!registry.plain_http);
+    }
+
+    #[test]
+    fn verbosity_counts() {
+        assert_eq!(parse(&["-vv", "version"]).verbose, 2);
+        assert_eq!(parse(&["version"]).verbose, 0);
+        assert_eq!(
+            parse(&["version", "--log-level", "debug"])
+                .log_level
+                .as_deref(),
+            Some("debug")
+        );
+    }
+
+    #[test]
+    fn every_command_has_a_description() {
+        use clap::CommandFactory as _;
+        let cmd = Cli::command();
+        for sub in cmd.get_subcommands() {
+            let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+            assert!(!about.is_empty(), "`{}` has no description", sub.get_name());
+        }
+        let convert = cmd.find_subcommand("convert").unwrap();
+        assert!(convert.get_about().unwrap().to_string().contains("eStargz"));
+    }
 }

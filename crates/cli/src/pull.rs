@@ -17,22 +17,26 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context as _};
-use containerd_client::services::v1::snapshots::{
+use hologram_api::content::{
+    content_client::ContentClient, Info, UpdateRequest, WriteAction, WriteContentRequest,
+};
+use hologram_api::diff::{diff_client::DiffClient, ApplyRequest};
+use hologram_api::images::{
+    images_client::ImagesClient, CreateImageRequest, Image, UpdateImageRequest,
+};
+use hologram_api::leases::{leases_client::LeasesClient, CreateRequest, DeleteRequest};
+use hologram_api::snapshots::{
     snapshots_client::SnapshotsClient, CommitSnapshotRequest, PrepareSnapshotRequest,
     RemoveSnapshotRequest, StatSnapshotRequest,
 };
-use containerd_client::services::v1::{
-    content_client::ContentClient, diff_client::DiffClient, images_client::ImagesClient,
-    leases_client::LeasesClient, ApplyRequest, CreateImageRequest, CreateRequest, DeleteRequest,
-    Image, Info, UpdateImageRequest, UpdateRequest, WriteAction, WriteContentRequest,
-};
-use containerd_client::types::Descriptor;
+use hologram_api::types::Descriptor;
 use hologram_remote::{Reference, RegistryClient, RegistryConfig};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tonic::transport::Channel;
 use tonic::Code;
+
+use crate::progress::Progress;
 
 /// Labels a remote snapshotter reads (containerd's `snapshotters` package).
 const LABEL_SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
@@ -52,8 +56,7 @@ pub struct PullArgs {
     pub address: std::path::PathBuf,
     pub namespace: String,
     pub snapshotter: String,
-    pub plain_http: bool,
-    pub hosts_dir: Option<std::path::PathBuf>,
+    pub registry: RegistryConfig,
     pub reference: String,
 }
 
@@ -307,12 +310,8 @@ pub async fn pull(args: &PullArgs) -> anyhow::Result<Summary> {
     let reference = Reference::parse(&args.reference)
         .with_context(|| format!("invalid reference {:?}", args.reference))?;
     let image_name = reference.to_string();
-    let registry = RegistryClient::new(RegistryConfig {
-        plain_http: args.plain_http,
-        hosts_dir: args.hosts_dir.clone(),
-        ..RegistryConfig::default()
-    })
-    .context("cannot set up the registry client")?;
+    let registry =
+        RegistryClient::new(args.registry.clone()).context("cannot set up the registry client")?;
     let (index, manifest) = registry
         .resolve_platform(&reference)
         .await
@@ -373,15 +372,7 @@ pub async fn pull(args: &PullArgs) -> anyhow::Result<Summary> {
         .context("creating a lease")?;
     ctd.lease = Some(lease_id.clone());
 
-    // A progress bar on a terminal (indicatif draws nothing otherwise).
-    let bar =
-        ProgressBar::with_draw_target(Some(mdoc.layers.len() as u64), ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        ProgressStyle::with_template("{spinner} [{bar:24}] {pos}/{len} layers  {msg}")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.enable_steady_tick(Duration::from_millis(120));
+    let bar = Progress::layers(mdoc.layers.len());
     let result = unpack(
         &ctd,
         &registry,
@@ -397,7 +388,7 @@ pub async fn pull(args: &PullArgs) -> anyhow::Result<Summary> {
         &bar,
     )
     .await;
-    bar.finish_and_clear();
+    bar.finish();
 
     // The image record and GC labels now hold everything; drop the lease.
     let mut plain = Ctd {
@@ -430,12 +421,9 @@ async fn unpack(
     chains: &[String],
     cdoc: &ConfigDoc,
     sum: &mut Summary,
-    bar: &ProgressBar,
+    bar: &Progress,
 ) -> anyhow::Result<()> {
-    let say = |msg: String| {
-        bar.println(msg);
-        bar.inc(1);
-    };
+    let say = |msg: String| bar.layer_done(msg);
     // content: config, manifest (GC refs to config and layers), index
     ctd.write_content(&mdoc.config.digest, config.to_vec(), HashMap::new())
         .await?;
@@ -579,7 +567,6 @@ async fn unpack(
             bar.clone(),
         )
         .await;
-        bar.set_message("");
         match res {
             Ok(n) => sum.bytes_fetched += n,
             Err(e) => {
@@ -663,8 +650,8 @@ async fn fetch_and_apply(
     reference: &Reference,
     layer: &DescriptorDoc,
     diff_id: &str,
-    mounts: Vec<containerd_client::types::Mount>,
-    bar: ProgressBar,
+    mounts: Vec<hologram_api::types::Mount>,
+    bar: Progress,
 ) -> anyhow::Result<u64> {
     let size = u64::try_from(layer.size).context("negative layer size")?;
     // Download in pieces straight into the content stream; the last message
@@ -683,11 +670,7 @@ async fn fetch_and_apply(
                 .await
                 .with_context(|| format!("downloading layer {digest}"))?;
             hasher.update(&bytes);
-            let short: String = digest.chars().take(19).collect();
-            bar.set_message(format!(
-                "downloading {short} {}%",
-                (off + len) * 100 / size.max(1)
-            ));
+            bar.bytes("downloading", &digest, off + len, size);
             let last = off + len == size;
             if last {
                 let got = format!("sha256:{}", hex::encode(hasher.clone().finalize()));

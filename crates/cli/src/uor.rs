@@ -22,15 +22,11 @@ pub enum UorCommand {
     },
     /// Print an image's UOR-ID (that of its platform manifest's bytes)
     Resolve {
-        /// Use plain HTTP for the registry
-        #[arg(long)]
-        plain_http: bool,
-        /// containerd hosts.toml directory (mirrors, plain-HTTP hosts, CAs)
-        #[arg(long)]
-        hosts_dir: Option<PathBuf>,
+        #[command(flatten)]
+        registry: crate::RegistryArgs,
         /// Also print the manifest digest and media type (to standard error)
-        #[arg(long, short = 'v')]
-        verbose: bool,
+        #[arg(long)]
+        details: bool,
         /// Also save the manifest bytes as DIR/<uor-id>.json (a resolver directory)
         #[arg(long, value_name = "DIR")]
         save: Option<PathBuf>,
@@ -65,13 +61,12 @@ pub async fn run(cmd: UorCommand) -> anyhow::Result<()> {
             write_stdout(&format!("{id}\n"))?;
         }
         UorCommand::Resolve {
-            plain_http,
-            hosts_dir,
-            verbose,
+            registry,
+            details,
             save,
             reference,
         } => {
-            let image = resolve_image(&reference, registry_config(plain_http, hosts_dir)).await?;
+            let image = resolve_image(&reference, registry.config()).await?;
             if let Some(dir) = save {
                 std::fs::create_dir_all(&dir)
                     .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -79,7 +74,7 @@ pub async fn run(cmd: UorCommand) -> anyhow::Result<()> {
                 std::fs::write(&path, &image.bytes)
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
-            if verbose {
+            if details {
                 eprintln!(
                     "{}: manifest {} ({}, {} bytes)",
                     image.reference, image.manifest_digest, image.media_type, image.size

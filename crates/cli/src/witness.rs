@@ -28,7 +28,7 @@ use hologram_trust::endpoint::{
 };
 use hologram_trust::{Envelope, PublicKey, SigningKey, UorId};
 
-use crate::uor::{registry_config, resolve_image, write_stdout};
+use crate::uor::{resolve_image, write_stdout};
 
 /// Environment variable naming the witness endpoint.
 pub const ENDPOINT_ENV: &str = "HOLOGRAM_WITNESS_ENDPOINT";
@@ -54,12 +54,8 @@ pub enum WitnessCommand {
         /// Ed25519 private key (PKCS#8 PEM, as `keygen` writes)
         #[arg(long)]
         key: PathBuf,
-        /// Use plain HTTP for the registry
-        #[arg(long)]
-        plain_http: bool,
-        /// containerd hosts.toml directory (mirrors, plain-HTTP hosts, CAs)
-        #[arg(long)]
-        hosts_dir: Option<PathBuf>,
+        #[command(flatten)]
+        registry: crate::RegistryArgs,
         /// How long the witness is valid: e.g. 30m, 24h, 7d, 1h30m
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         expires: Duration,
@@ -84,12 +80,8 @@ pub enum WitnessCommand {
         /// Trusted public key (SPKI PEM: Ed25519 or ECDSA P-256, as cosign writes); repeatable
         #[arg(long = "key", required = true)]
         keys: Vec<PathBuf>,
-        /// Use plain HTTP for the registry
-        #[arg(long)]
-        plain_http: bool,
-        /// containerd hosts.toml directory (mirrors, plain-HTTP hosts, CAs)
-        #[arg(long)]
-        hosts_dir: Option<PathBuf>,
+        #[command(flatten)]
+        registry: crate::RegistryArgs,
         /// Witness file (a DSSE envelope, or a saved endpoint answer);
         /// without it the witness endpoint is asked
         #[arg(long)]
@@ -117,8 +109,7 @@ pub async fn run(cmd: WitnessCommand) -> anyhow::Result<()> {
         WitnessCommand::Keygen { out, force } => keygen(&out, force),
         WitnessCommand::Sign {
             key,
-            plain_http,
-            hosts_dir,
+            registry,
             expires,
             witness_type,
             metadata,
@@ -127,10 +118,10 @@ pub async fn run(cmd: WitnessCommand) -> anyhow::Result<()> {
             reference,
         } => {
             let pem = read_to_string(&key)?;
-            let reg_cfg = registry_config(plain_http, hosts_dir.clone());
+            let reg_cfg = registry.config();
             let signing_key = SigningKey::from_pem(&pem)
                 .with_context(|| format!("cannot use {} as a signing key", key.display()))?;
-            let image = resolve_image(&reference, registry_config(plain_http, hosts_dir)).await?;
+            let image = resolve_image(&reference, registry.config()).await?;
             let now = SystemTime::now();
             let expires_at = now
                 .checked_add(expires)
@@ -182,8 +173,7 @@ pub async fn run(cmd: WitnessCommand) -> anyhow::Result<()> {
         }
         WitnessCommand::Verify {
             keys,
-            plain_http,
-            hosts_dir,
+            registry,
             witness,
             endpoint,
             reference,
@@ -204,7 +194,7 @@ pub async fn run(cmd: WitnessCommand) -> anyhow::Result<()> {
                     "no witness given: pass --witness FILE, --endpoint URL or set {ENDPOINT_ENV}"
                 ),
             };
-            let image = resolve_image(&reference, registry_config(plain_http, hosts_dir)).await?;
+            let image = resolve_image(&reference, registry.config()).await?;
             let envelope = match (from_file, &endpoint) {
                 (Some(env), _) => env,
                 (None, Some(url)) => fetch_witness(url, &image.uor_id).await?,

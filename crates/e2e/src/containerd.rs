@@ -151,6 +151,71 @@ impl Containerd {
         &self.log
     }
 
+    /// Through containerd's snapshots API: a View `key` of `parent`, labelled
+    /// as a GC root. `ctr snapshots view` sets no GC root, so containerd's
+    /// garbage collector (which runs after any removal, e.g. a `ctr run --rm`
+    /// ending) may collect such a view mid-test.
+    pub fn view_rooted(&self, snapshotter: &str, key: &str, parent: &str) -> Result<()> {
+        use hologram_api::snapshots::ViewSnapshotRequest;
+        let req = ViewSnapshotRequest {
+            snapshotter: snapshotter.into(),
+            key: key.into(),
+            parent: parent.into(),
+            labels: gc_root_label(),
+        };
+        self.snapshots_rpc(format!("View {key} of {parent}"), |mut c| async move {
+            c.view(req).await.map(drop)
+        })
+    }
+
+    /// Through containerd's snapshots API: Commit active `key` as `name`,
+    /// labelled as a GC root (`ctr snapshots commit` sets none; see
+    /// [`Containerd::view_rooted`]).
+    pub fn commit_rooted(&self, snapshotter: &str, name: &str, key: &str) -> Result<()> {
+        use hologram_api::snapshots::CommitSnapshotRequest;
+        let req = CommitSnapshotRequest {
+            snapshotter: snapshotter.into(),
+            name: name.into(),
+            key: key.into(),
+            labels: gc_root_label(),
+        };
+        self.snapshots_rpc(format!("Commit {key} as {name}"), |mut c| async move {
+            c.commit(req).await.map(drop)
+        })
+    }
+
+    /// One call of containerd's snapshots service in this namespace.
+    fn snapshots_rpc<F, Fut>(&self, what: String, call: F) -> Result<()>
+    where
+        F: FnOnce(
+            hologram_api::snapshots::snapshots_client::SnapshotsClient<
+                tonic::service::interceptor::InterceptedService<
+                    tonic::transport::Channel,
+                    NamespaceHeader,
+                >,
+            >,
+        ) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<(), tonic::Status>>,
+    {
+        use hologram_api::snapshots::snapshots_client::SnapshotsClient;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("tokio runtime")?;
+        let ns = tonic::metadata::MetadataValue::try_from(self.namespace.as_str())
+            .context("namespace header")?;
+        rt.block_on(async {
+            let channel = hologram_api::connect_unix(&self.address)
+                .await
+                .with_context(|| format!("connecting to {}", self.address.display()))?;
+            let client = SnapshotsClient::with_interceptor(channel, NamespaceHeader(ns));
+            tokio::time::timeout(CTR_TIMEOUT, call(client))
+                .await
+                .with_context(|| format!("{what}: no answer within {CTR_TIMEOUT:?}"))?
+                .with_context(|| format!("{what}\n{}", self.diagnostics()))
+        })
+    }
+
     /// A scratch directory inside this instance's temp dir (removed on drop).
     pub fn scratch(&self, name: &str) -> Result<PathBuf> {
         let p = self.dir.path().join(name);
@@ -333,4 +398,27 @@ impl Drop for Containerd {
         }
         self.remove_namespace_leftovers();
     }
+}
+
+/// Adds containerd's namespace header to every call.
+#[derive(Clone)]
+pub struct NamespaceHeader(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for NamespaceHeader {
+    fn call(
+        &mut self,
+        mut req: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut()
+            .insert("containerd-namespace", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// `containerd.io/gc.root`, as ctr sets it on prepared snapshots.
+fn gc_root_label() -> std::collections::HashMap<String, String> {
+    std::collections::HashMap::from([(
+        "containerd.io/gc.root".to_owned(),
+        "hologram-e2e".to_owned(),
+    )])
 }

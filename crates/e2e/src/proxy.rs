@@ -42,10 +42,12 @@ fn pump(mut from: TcpStream, mut to: TcpStream, counter: &AtomicU64, stop: &Atom
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        // Counted before forwarding: once the far side has the bytes (and
+        // may answer, or the test may look), the count already includes them.
+        counter.fetch_add(n as u64, Ordering::Relaxed);
         if to.write_all(&buf[..n]).is_err() {
             break;
         }
-        counter.fetch_add(n as u64, Ordering::Relaxed);
     }
     // Half-close so the other side sees EOF, as a direct connection would.
     let _ = to.shutdown(Shutdown::Write);

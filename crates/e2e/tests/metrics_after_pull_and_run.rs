@@ -266,8 +266,19 @@ fn unhealthy_store(label: &str, spoil: impl Fn(&std::path::Path) -> Result<()>) 
         body.contains("metadata.redb"),
         "{label}: /healthz does not name the store: {body}"
     );
-    // Still up, still unhealthy, after a retry period (5 s).
-    std::thread::sleep(Duration::from_secs(6));
+    // Still up, still unhealthy, after a second attempt (every 5 s).
+    let log = sn.log().to_path_buf();
+    hologram_e2e::util::wait_until(
+        &format!("{label}: a second attempt to open the store"),
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            Ok(std::fs::read_to_string(&log)?
+                .matches("cannot open the snapshotter root; retrying")
+                .count()
+                >= 2)
+        },
+    )?;
     assert!(daemon.try_exited()?.is_none(), "{label}: daemon gave up");
     assert_eq!(healthz(&metrics)?.status, 503);
     assert!(scrape(&metrics)?

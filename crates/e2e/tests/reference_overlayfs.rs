@@ -118,8 +118,6 @@ fn reference_image_unpacks_correctly_with_overlayfs() -> Result<()> {
         "default-cmd",
     ])?;
     assert_eq!(hello, hologram_e2e::image::content::DEFAULT_CMD_OUTPUT);
-    // Give the shim a moment to go away before tear-down (not required).
-    std::thread::sleep(Duration::from_millis(50));
     Ok(())
 }
 

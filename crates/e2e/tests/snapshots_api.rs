@@ -2,7 +2,7 @@
 //! labels, usage, prepare/commit/view/remove and removal of a parent.
 
 use anyhow::{Context, Result};
-use hologram_e2e::{parse_usage, TestEnv};
+use hologram_e2e::{parse_usage, TestEnv, SNAPSHOTTER};
 
 #[test]
 fn ls_info_usage_prepare_commit_and_remove() -> Result<()> {
@@ -104,7 +104,7 @@ fn ls_info_usage_prepare_commit_and_remove() -> Result<()> {
         std::fs::write(m.path().join("committed.txt"), "from t2\n")?;
         std::fs::remove_file(m.path().join("data/layer2.txt"))?;
     }
-    env.snapshots_cmd(&["commit", "c2", "t2"])?;
+    env.containerd.commit_rooted(SNAPSHOTTER, "c2", "t2")?;
     let c2 = env.info("c2")?;
     assert_eq!(c2["Kind"], "Committed", "{c2}");
     assert_eq!(c2["Parent"], top.as_str(), "{c2}");
@@ -113,7 +113,7 @@ fn ls_info_usage_prepare_commit_and_remove() -> Result<()> {
             .contains("not found"),
         "the active snapshot must be gone after commit"
     );
-    env.snapshots_cmd(&["view", "v2", "c2"])?;
+    env.containerd.view_rooted(SNAPSHOTTER, "v2", "c2")?;
     {
         let m = env.mount_snapshot("v2")?;
         assert_eq!(

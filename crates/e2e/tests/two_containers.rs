@@ -51,7 +51,7 @@ fn containers_do_not_see_each_others_writes() -> Result<()> {
 
     // The committed top layer is untouched: a read-only view of it has
     // neither A's new file nor A's change.
-    env.snapshots_cmd(&["view", "v-top", &top])?;
+    env.containerd.view_rooted(SNAPSHOTTER, "v-top", &top)?;
     let view_info = env.info("v-top")?;
     assert_eq!(view_info["Kind"], "View", "{view_info}");
     {

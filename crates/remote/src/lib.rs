@@ -78,6 +78,10 @@ mod reference;
 pub mod referrers;
 
 pub use blob::{BlobSource, RegistryBlob};
+
+/// containerd's hosts.toml directory, where both the daemon and `hologram`
+/// look by default (CRI's `config_path` convention).
+pub const DEFAULT_HOSTS_DIR: &str = "/etc/containerd/certs.d";
 pub use client::{RegistryClient, RegistryConfig, MAX_RANGE_BODY};
 pub use digest::{compute_digest_like, sha256_digest, validate_digest, verify_digest};
 pub use error::Error;

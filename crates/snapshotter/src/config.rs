@@ -139,7 +139,7 @@ impl Default for RemoteSection {
             background_fetch_mib_per_sec: 32,
             cache_size_mib: 10 * 1024,
             fuse_threads: 4,
-            hosts_dir: Some(PathBuf::from("/etc/containerd/certs.d")),
+            hosts_dir: Some(PathBuf::from(hologram_remote::DEFAULT_HOSTS_DIR)),
             docker_config: None,
             plain_http: false,
         }

@@ -515,19 +515,31 @@ async fn kill9_restart_keeps_a_consistent_store_and_never_reuses_ids() {
     let mut d = Daemon::start(tmp.path());
     let mut c = client(&d).await;
     two_layers(&mut c).await;
+    let made_so_far = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let busy = {
         let c = c.clone();
+        let made_so_far = std::sync::Arc::clone(&made_so_far);
         tokio::spawn(async move {
             let mut c = c;
             for i in 0..10_000 {
                 if prepare(&mut c, &format!("k{i}"), "mid").await.is_err() {
                     return i;
                 }
+                made_so_far.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             10_000
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Kill once the stream is under way (a few Prepares done), not after a
+    // fixed time that a loaded machine may not reach.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while made_so_far.load(std::sync::atomic::Ordering::Relaxed) < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no Prepare succeeded in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     d.kill9();
     let made = busy.await.unwrap();
     assert!(
