@@ -5,9 +5,12 @@ BUILD := build
 BINS := hologram-snapshotter hologram
 PREFIX ?= /usr/local
 APT_PKGS := containerd runc fuse3 docker-registry skopeo umoci busybox-static iproute2 curl python3 \
-  python3-prometheus-client ca-certificates stargz-snapshotter debootstrap
+  python3-prometheus-client ca-certificates stargz-snapshotter debootstrap stress-ng git
+# The Rust toolchain is not a Debian package here (bookworm's rustc is too old):
+# it comes from rustup; this is the oldest the workspace builds with.
+RUST_MIN := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 
-.PHONY: all build build-all install dev-setup test test-unit test-integration test-coverage fmt lint vet security demo bench clean
+.PHONY: all build build-all install check-toolchain dev-setup check-fresh soak test test-unit test-integration test-coverage fmt lint vet security demo bench clean
 
 all: build
 
@@ -39,8 +42,16 @@ install: build
 	@echo "Add /etc/hologram-snapshotter/containerd-snippet.toml to /etc/containerd/config.toml, then:"
 	@echo "  systemctl daemon-reload && systemctl enable --now hologram-snapshotter && systemctl restart containerd"
 
+## check-toolchain: cargo present and at least rust-version (fails early, says how to fix)
+check-toolchain:
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust >= $(RUST_MIN) with rustup (Debian 12's rustc is too old), then open a new shell"; exit 1; }
+	@have=$$($(CARGO) --version | awk '{print $$2}'); \
+	if [ "$$(printf '%s\n%s\n' "$(RUST_MIN)" "$$have" | sort -V | head -1)" != "$(RUST_MIN)" ]; then \
+	  echo "cargo $$have is too old: this workspace needs Rust >= $(RUST_MIN) (rustup update stable)"; exit 1; \
+	fi
+
 ## dev-setup: the Debian packages the tests and the demo use (idempotent)
-dev-setup:
+dev-setup: check-toolchain
 	@missing=$$(for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing: $$missing"; \
@@ -54,6 +65,18 @@ test: dev-setup test-unit test-integration
 
 test-unit:
 	$(CARGO) test --locked --workspace --exclude hologram-e2e
+
+## soak: `make test` N times (default 5) in a row with 2 CPU hogs running
+## (stress-ng), stopping at the first failure; flakes show up here
+SOAK_RUNS ?= 5
+soak: dev-setup
+	scripts/soak.sh $(SOAK_RUNS)
+
+## check-fresh: the README's two commands in a clean Debian 12 root made with
+## debootstrap (only the Rust toolchain is copied in): proves `make demo` and
+## `make test` install everything they need. Slow (fresh apt, build, tests).
+check-fresh: dev-setup
+	scripts/check-fresh.sh
 
 ## test-integration: real containerd + runc + docker-registry + the daemon (needs root)
 test-integration: dev-setup
