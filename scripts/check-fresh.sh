@@ -70,6 +70,11 @@ if [ -d "$TOP/../shared" ]; then
   chmod -R a-w "$ROOT/work/shared"
 fi
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# The network's own trust anchors (a site CA that HTTPS egress goes through,
+# as on this machine) belong to the machine, not to the project: carry over
+# what the administrator installed locally.
+mkdir -p "$ROOT/usr/local/share/ca-certificates"
+cp -a /usr/local/share/ca-certificates/. "$ROOT/usr/local/share/ca-certificates/" 2>/dev/null || true
 mkdir -p "$ROOT/root/.rustup" "$ROOT/root/.cargo/bin"
 cp -a "$CARGO_BIN/." "$ROOT/root/.cargo/bin/"
 
@@ -81,7 +86,8 @@ export PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 export DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
 echo "== the README's prerequisites: make, git, a C compiler, Rust (rustup)"
 apt-get update -qq
-apt-get install -y -qq make git gcc libc6-dev >/dev/null
+apt-get install -y -qq make git gcc libc6-dev ca-certificates >/dev/null
+update-ca-certificates >/dev/null
 cargo --version
 cd /work/main
 t=$SECONDS
@@ -103,12 +109,20 @@ echo "== inside (private mount + PID namespaces); log: $LOG"
 set +e
 unshare --mount --pid --fork --propagation private bash -euo pipefail -c '
   R="$1"
+  # The new root becomes "/" of this mount namespace (pivot_root), as on a
+  # real machine: runc needs "/" to be a mount it can make a slave.
+  mount --bind "$R" "$R"
   mount -t proc proc "$R/proc"
   mount --rbind /sys "$R/sys"
   mount --rbind /dev "$R/dev"
   mount -t tmpfs tmpfs "$R/run"
   mount --bind -o ro "$2" "$R/root/.rustup"
-  exec chroot "$R" env WHICH="$3" bash -c "$4"
+  cd "$R"
+  mkdir -p .old-root
+  pivot_root . .old-root
+  umount -l /.old-root
+  rmdir /.old-root
+  exec env WHICH="$3" bash -c "$4"
 ' _ "$ROOT" "$RUSTUP_HOME" "$which" "$inner" 2>&1 | tee "$LOG"
 rc=${PIPESTATUS[0]}
 set -e

@@ -2,9 +2,8 @@
 
 use std::io::Read;
 
-use sha2::{Digest, Sha256};
+use hologram_oci::Digest;
 
-use crate::digest::{format_sha256, parse_sha256};
 use crate::{Chunk, Error};
 
 /// Largest up-front allocation for a chunk's bytes; bigger chunks grow as
@@ -24,7 +23,6 @@ pub fn decompress_chunk(chunk: &Chunk, compressed: &[u8]) -> Result<Vec<u8>, Err
         file_offset: chunk.file_offset,
         reason,
     };
-    let expected = parse_sha256(&chunk.digest)?;
     let mut gz = flate2::read::GzDecoder::new(compressed);
     if chunk.inner_offset > 0 {
         let skipped = std::io::copy(
@@ -51,13 +49,13 @@ pub fn decompress_chunk(chunk: &Chunk, compressed: &[u8]) -> Result<Vec<u8>, Err
             chunk.size
         )));
     }
-    let hash: [u8; 32] = Sha256::digest(&out).into();
-    if hash != expected {
+    let actual = Digest::of(&out);
+    if actual != chunk.digest {
         return Err(Error::ChunkDigestMismatch {
             blob_offset: chunk.blob_offset,
             file_offset: chunk.file_offset,
-            expected: chunk.digest.clone(),
-            actual: format_sha256(&hash),
+            expected: chunk.digest,
+            actual,
         });
     }
     Ok(out)

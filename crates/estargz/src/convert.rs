@@ -16,13 +16,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use flate2::write::GzEncoder;
-use sha2::{Digest, Sha256};
+use hologram_oci::{Digest, Sha256Writer};
 
-use crate::digest::{format_sha256, sha256_of};
 use crate::index::clean_name;
 use crate::toc::{encode_toc_json, Toc, TocEntry};
 use crate::{
-    footer_bytes, rfc3339, Error, Index, DEFAULT_CHUNK_SIZE, MAX_FILE_SIZE, NO_PREFETCH_LANDMARK,
+    footer_bytes, Error, Index, DEFAULT_CHUNK_SIZE, MAX_FILE_SIZE, NO_PREFETCH_LANDMARK,
     PREFETCH_LANDMARK, TOC_JSON_NAME,
 };
 
@@ -62,14 +61,14 @@ impl Default for ConvertOptions {
 /// Result of [`convert`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Converted {
-    /// `sha256:` of the TOC JSON: the value of the
+    /// Digest of the TOC JSON: the value of the
     /// [`crate::TOC_DIGEST_ANNOTATION`] layer annotation.
-    pub toc_digest: String,
-    /// `sha256:` of the whole uncompressed output tar stream (the layer's
-    /// diff ID in the image config).
-    pub diff_id: String,
-    /// `sha256:` of the compressed blob (the layer descriptor's digest).
-    pub digest: String,
+    pub toc_digest: Digest,
+    /// Digest of the whole uncompressed output tar stream (the layer's diff
+    /// ID in the image config).
+    pub diff_id: Digest,
+    /// Digest of the compressed blob (the layer descriptor's digest).
+    pub digest: Digest,
     /// Size of the compressed blob.
     pub size: u64,
     /// Size of the uncompressed tar stream
@@ -331,7 +330,7 @@ impl Prioritizer<'_> {
 struct Counter<W: Write> {
     inner: W,
     n: u64,
-    hash: Sha256,
+    hash: Sha256Writer,
 }
 
 impl<W: Write> Write for Counter<W> {
@@ -352,7 +351,7 @@ struct BlobWriter<W: Write> {
     idle: Option<Counter<W>>,
     gz: Option<GzEncoder<Counter<W>>>,
     level: flate2::Compression,
-    diff: Sha256,
+    diff: Sha256Writer,
     ulen: u64,
 }
 
@@ -422,6 +421,19 @@ fn name_if_changed(seen: &mut HashMap<u64, String>, id: u64, name: &str) -> Stri
     name.to_owned()
 }
 
+/// A TOC `modtime`: RFC 3339 in UTC; zero (unknown) and times outside
+/// years 1-9999, which have no RFC 3339 form, are left out.
+fn format_mtime(secs: i64) -> String {
+    if secs == 0 {
+        return String::new();
+    }
+    if (-62_135_596_800..=253_402_207_200).contains(&secs) {
+        hologram_oci::time::format_unix(secs)
+    } else {
+        String::new()
+    }
+}
+
 /// Reads a tar stream (uncompressed) and writes an eStargz blob to `output`.
 ///
 /// The input is spooled first (in memory up to 64 MiB, else in a temp file)
@@ -437,6 +449,36 @@ pub fn convert<R: Read, W: Write>(
     output: W,
     opts: &ConvertOptions,
 ) -> Result<Converted, Error> {
+    check_options(opts)?;
+    let mut spool = tempfile::SpooledTempFile::new(SPOOL_IN_MEMORY);
+    io::copy(&mut input, &mut spool)?;
+    spool.seek(SeekFrom::Start(0))?;
+    let entries = index_tar(&mut spool)?;
+    let (kept, last) = keep_last(&entries);
+    check_hardlinks(&entries, &kept, &last)?;
+    let (order, landmark, missed) = output_order(&entries, &kept, opts);
+    let mut w = TocWriter::new(output, opts, spool);
+    for slot in order {
+        match slot {
+            Slot::Landmark => w.landmark(landmark)?,
+            Slot::Entry(i) => w.entry(&entries[i])?,
+        }
+    }
+    let (toc, toc_digest, written) = w.finish()?;
+    // Self-check: our own reader must accept what we wrote.
+    Index::build_with_toc_offset(&toc, written.size, written.toc_offset)?;
+    Ok(Converted {
+        toc_digest,
+        diff_id: written.diff_id,
+        digest: written.digest,
+        size: written.size,
+        uncompressed_size: written.uncompressed_size,
+        toc_offset: written.toc_offset,
+        missed_prioritized_files: missed,
+    })
+}
+
+fn check_options(opts: &ConvertOptions) -> Result<(), Error> {
     if opts.chunk_size == 0 {
         return Err(Error::Options("chunk size must be at least 1 byte".into()));
     }
@@ -446,13 +488,12 @@ pub fn convert<R: Read, W: Write>(
             opts.gzip_level
         )));
     }
-    let chunk_size = opts.chunk_size as u64;
-    let mut spool = tempfile::SpooledTempFile::new(SPOOL_IN_MEMORY);
-    io::copy(&mut input, &mut spool)?;
-    spool.seek(SeekFrom::Start(0))?;
-    let entries = index_tar(&mut spool)?;
+    Ok(())
+}
 
-    // Drop TOC and landmarks; later duplicates replace earlier ones.
+/// The entries to write: TOC and landmarks dropped, and of several entries
+/// with one cleaned path only the last. Also the last index per path.
+fn keep_last(entries: &[InEntry]) -> (Vec<usize>, HashMap<&str, usize>) {
     let mut last: HashMap<&str, usize> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
         if e.key == TOC_JSON_NAME || e.key == PREFETCH_LANDMARK || e.key == NO_PREFETCH_LANDMARK {
@@ -460,12 +501,20 @@ pub fn convert<R: Read, W: Write>(
         }
         last.insert(e.key.as_str(), i);
     }
-    let kept: Vec<usize> = (0..entries.len())
+    let kept = (0..entries.len())
         .filter(|&i| last.get(entries[i].key.as_str()) == Some(&i))
         .collect();
+    (kept, last)
+}
 
-    // Hardlinks must end at a regular file.
-    for &i in &kept {
+/// Hardlinks must end, after following hardlink chains, at a regular file
+/// of this layer.
+fn check_hardlinks(
+    entries: &[InEntry],
+    kept: &[usize],
+    last: &HashMap<&str, usize>,
+) -> Result<(), Error> {
+    for &i in kept {
         let e = &entries[i];
         if e.kind != InKind::Hardlink {
             continue;
@@ -495,104 +544,153 @@ pub fn convert<R: Read, W: Write>(
             )));
         }
     }
+    Ok(())
+}
 
-    // Output order.
-    enum Slot {
-        Entry(usize),
-        Landmark,
-    }
+/// One thing to write, in output order.
+enum Slot {
+    Entry(usize),
+    Landmark,
+}
+
+/// The output order: with prioritized files, those first (with their
+/// parents and hardlink targets), then `.prefetch.landmark`, then the rest;
+/// without, `.no.prefetch.landmark` first. Also the landmark's name and the
+/// prioritized files not found.
+fn output_order(
+    entries: &[InEntry],
+    kept: &[usize],
+    opts: &ConvertOptions,
+) -> (Vec<Slot>, &'static str, Vec<String>) {
     let mut order: Vec<Slot> = Vec::with_capacity(kept.len() + 1);
     let mut missed = Vec::new();
-    let landmark = if opts.prioritized_files.is_empty() {
+    if opts.prioritized_files.is_empty() {
         order.push(Slot::Landmark);
         order.extend(kept.iter().map(|&i| Slot::Entry(i)));
-        NO_PREFETCH_LANDMARK
-    } else {
-        let mut p = Prioritizer {
-            entries: &entries,
-            by_key: kept.iter().map(|&i| (entries[i].key.as_str(), i)).collect(),
-            picked: Vec::new(),
-            picked_set: HashSet::new(),
-        };
-        for f in &opts.prioritized_files {
-            if !p.move_rec(&clean_lexically(f), 0) {
-                missed.push(f.clone());
-            }
+        return (order, NO_PREFETCH_LANDMARK, missed);
+    }
+    let mut p = Prioritizer {
+        entries,
+        by_key: kept.iter().map(|&i| (entries[i].key.as_str(), i)).collect(),
+        picked: Vec::new(),
+        picked_set: HashSet::new(),
+    };
+    for f in &opts.prioritized_files {
+        if !p.move_rec(&clean_lexically(f), 0) {
+            missed.push(f.clone());
         }
-        order.extend(p.picked.iter().map(|&i| Slot::Entry(i)));
-        order.push(Slot::Landmark);
-        order.extend(
-            kept.iter()
-                .filter(|i| !p.picked_set.contains(i))
-                .map(|&i| Slot::Entry(i)),
-        );
-        PREFETCH_LANDMARK
-    };
+    }
+    order.extend(p.picked.iter().map(|&i| Slot::Entry(i)));
+    order.push(Slot::Landmark);
+    order.extend(
+        kept.iter()
+            .filter(|i| !p.picked_set.contains(i))
+            .map(|&i| Slot::Entry(i)),
+    );
+    (order, PREFETCH_LANDMARK, missed)
+}
 
-    let mut bw = BlobWriter {
-        idle: Some(Counter {
-            inner: output,
-            n: 0,
-            hash: Sha256::new(),
-        }),
-        gz: None,
-        level: flate2::Compression::new(opts.gzip_level),
-        diff: Sha256::new(),
-        ulen: 0,
-    };
-    let mut toc = Toc {
-        version: 1,
-        entries: Vec::with_capacity(order.len() + 1),
-    };
-    let mut unames = HashMap::new();
-    let mut gnames = HashMap::new();
-    let mut buf = vec![0u8; 64 << 10];
-    let zeros = [0u8; BLOCK as usize * 2];
+/// What the blob writer measured.
+struct Written {
+    digest: Digest,
+    diff_id: Digest,
+    size: u64,
+    uncompressed_size: u64,
+    toc_offset: u64,
+}
 
-    for slot in order {
-        let e = match slot {
-            Slot::Landmark => {
-                let h = new_header(landmark, 1)?;
-                bw.write(h.as_bytes())?;
-                let offset = bw.start_member()?;
-                bw.write(&[LANDMARK_CONTENTS])?;
-                let d = sha256_of(&[LANDMARK_CONTENTS]);
-                toc.entries.push(TocEntry {
-                    name: landmark.to_owned(),
-                    kind: "reg".into(),
-                    size: 1,
-                    mode: 0o644,
-                    offset: offset as i64,
-                    digest: d.clone(),
-                    chunk_digest: d,
-                    ..TocEntry::default()
-                });
-                bw.write(&zeros[..BLOCK as usize - 1])?;
-                continue;
-            }
-            Slot::Entry(i) => &entries[i],
-        };
-        // Header blocks, verbatim.
+/// Writes entries as eStargz members and records them in the TOC.
+struct TocWriter<W: Write, S: Read + Seek> {
+    bw: BlobWriter<W>,
+    toc: Toc,
+    spool: S,
+    chunk_size: u64,
+    unames: HashMap<u64, String>,
+    gnames: HashMap<u64, String>,
+    buf: Vec<u8>,
+}
+
+const ZEROS: [u8; BLOCK as usize * 2] = [0u8; BLOCK as usize * 2];
+
+impl<W: Write, S: Read + Seek> TocWriter<W, S> {
+    fn new(output: W, opts: &ConvertOptions, spool: S) -> Self {
+        TocWriter {
+            bw: BlobWriter {
+                idle: Some(Counter {
+                    inner: output,
+                    n: 0,
+                    hash: Digest::hasher(),
+                }),
+                gz: None,
+                level: flate2::Compression::new(opts.gzip_level),
+                diff: Digest::hasher(),
+                ulen: 0,
+            },
+            toc: Toc {
+                version: 1,
+                entries: Vec::new(),
+            },
+            spool,
+            chunk_size: opts.chunk_size as u64,
+            unames: HashMap::new(),
+            gnames: HashMap::new(),
+            buf: vec![0u8; 64 << 10],
+        }
+    }
+
+    /// The landmark entry: a 1-byte file in a member of its own.
+    fn landmark(&mut self, name: &str) -> Result<(), Error> {
+        let h = new_header(name, 1)?;
+        self.bw.write(h.as_bytes())?;
+        let offset = self.bw.start_member()?;
+        self.bw.write(&[LANDMARK_CONTENTS])?;
+        let d = Digest::of(&[LANDMARK_CONTENTS]).to_string();
+        self.toc.entries.push(TocEntry {
+            name: name.to_owned(),
+            kind: "reg".into(),
+            size: 1,
+            mode: 0o644,
+            offset: offset as i64,
+            digest: d.clone(),
+            chunk_digest: d,
+            ..TocEntry::default()
+        });
+        self.bw.write(&ZEROS[..BLOCK as usize - 1])?;
+        Ok(())
+    }
+
+    /// One input entry: its header blocks verbatim, then its data (a
+    /// regular file's in chunks, each starting a member), then padding.
+    fn entry(&mut self, e: &InEntry) -> Result<(), Error> {
         let hdr_len = (e.data_start - e.hdr_start) as usize;
         let mut hdr = vec![0u8; hdr_len];
-        spool.seek(SeekFrom::Start(e.hdr_start))?;
-        spool.read_exact(&mut hdr)?;
-        bw.write(&hdr)?;
+        self.spool.seek(SeekFrom::Start(e.hdr_start))?;
+        self.spool.read_exact(&mut hdr)?;
+        self.bw.write(&hdr)?;
+        let ent = self.toc_entry(e);
+        self.spool.seek(SeekFrom::Start(e.data_start))?;
+        if e.kind == InKind::Reg {
+            self.file_chunks(e, ent)?;
+        } else {
+            // Data of other entry types (normally none) is kept as is.
+            self.copy_data(e, e.size, None)?;
+            self.toc.entries.push(ent);
+        }
+        let pad = (round_up(e.size) - e.size) as usize;
+        self.bw.write(&ZEROS[..pad])?;
+        Ok(())
+    }
 
+    /// The TOC entry of `e`, without offsets and digests.
+    fn toc_entry(&mut self, e: &InEntry) -> TocEntry {
         let mut ent = TocEntry {
             name: e.name.clone(),
             mode: i64::from(e.mode),
             uid: e.uid as i64,
             gid: e.gid as i64,
-            user_name: name_if_changed(&mut unames, e.uid, &e.uname),
-            group_name: name_if_changed(&mut gnames, e.gid, &e.gname),
-            // Zero means unknown; times outside years 1-9999 have no
-            // RFC 3339 form and are dropped too.
-            mod_time: if e.mtime == 0 || !(-62_135_596_800..=253_402_300_799).contains(&e.mtime) {
-                String::new()
-            } else {
-                rfc3339::format(e.mtime)
-            },
+            user_name: name_if_changed(&mut self.unames, e.uid, &e.uname),
+            group_name: name_if_changed(&mut self.gnames, e.gid, &e.gname),
+            mod_time: format_mtime(e.mtime),
             xattrs: e.xattrs.clone(),
             ..TocEntry::default()
         };
@@ -614,93 +712,95 @@ pub fn convert<R: Read, W: Write>(
             }
             _ => {}
         }
-        spool.seek(SeekFrom::Start(e.data_start))?;
-        if e.kind == InKind::Reg {
-            ent.size = e.size as i64;
-            let first = toc.entries.len();
-            let mut file_hash = Sha256::new();
-            let mut written = 0u64;
-            if e.size == 0 {
-                toc.entries.push(ent.clone());
-            }
-            while written < e.size {
-                let remain = e.size - written;
-                let csize = remain.min(chunk_size);
-                if remain >= chunk_size {
-                    ent.chunk_size = chunk_size as i64;
-                }
-                ent.offset = bw.start_member()? as i64;
-                ent.chunk_offset = written as i64;
-                let mut chunk_hash = Sha256::new();
-                let mut left = csize;
-                while left > 0 {
-                    let n = left.min(buf.len() as u64) as usize;
-                    spool.read_exact(&mut buf[..n]).map_err(|err| {
-                        Error::InputTar(format!("entry {:?}: data: {err}", e.name))
-                    })?;
-                    chunk_hash.update(&buf[..n]);
-                    file_hash.update(&buf[..n]);
-                    bw.write(&buf[..n])?;
-                    left -= n as u64;
-                }
-                ent.chunk_digest = format_sha256(&chunk_hash.finalize());
-                toc.entries.push(ent);
-                written += csize;
-                ent = TocEntry {
-                    name: e.name.clone(),
-                    kind: "chunk".into(),
-                    ..TocEntry::default()
-                };
-            }
-            if let Some(f) = toc.entries.get_mut(first) {
-                f.digest = format_sha256(&file_hash.finalize());
-            }
-        } else {
-            // Data of other entry types (normally none) is kept as is.
-            let mut left = e.size;
-            while left > 0 {
-                let n = left.min(buf.len() as u64) as usize;
-                spool
-                    .read_exact(&mut buf[..n])
-                    .map_err(|err| Error::InputTar(format!("entry {:?}: data: {err}", e.name)))?;
-                bw.write(&buf[..n])?;
-                left -= n as u64;
-            }
-            toc.entries.push(ent);
-        }
-        let pad = (round_up(e.size) - e.size) as usize;
-        bw.write(&zeros[..pad])?;
+        ent
     }
 
-    // TOC member and footer.
-    bw.close_member()?;
-    let toc_offset = bw.offset()?;
-    let json = encode_toc_json(&toc)?;
-    let h = new_header(TOC_JSON_NAME, json.len() as u64)?;
-    bw.write(h.as_bytes())?;
-    bw.write(&json)?;
-    let pad = (round_up(json.len() as u64) - json.len() as u64) as usize;
-    bw.write(&zeros[..pad])?;
-    bw.write(&zeros)?;
-    bw.close_member()?;
-    bw.write_raw(&footer_bytes(toc_offset))?;
-    let BlobWriter {
-        idle, diff, ulen, ..
-    } = bw;
-    let mut counter = idle.ok_or_else(state_err)?;
-    counter.flush()?;
-    let size = counter.n;
+    /// A regular file's data, one member per chunk; its `reg` entry then
+    /// one `chunk` entry per further chunk.
+    fn file_chunks(&mut self, e: &InEntry, mut ent: TocEntry) -> Result<(), Error> {
+        ent.size = e.size as i64;
+        let first = self.toc.entries.len();
+        let mut file_hash = Digest::hasher();
+        let mut written = 0u64;
+        if e.size == 0 {
+            self.toc.entries.push(ent.clone());
+        }
+        while written < e.size {
+            let remain = e.size - written;
+            let csize = remain.min(self.chunk_size);
+            if remain >= self.chunk_size {
+                ent.chunk_size = self.chunk_size as i64;
+            }
+            ent.offset = self.bw.start_member()? as i64;
+            ent.chunk_offset = written as i64;
+            let mut chunk_hash = Digest::hasher();
+            self.copy_data(e, csize, Some((&mut chunk_hash, &mut file_hash)))?;
+            ent.chunk_digest = chunk_hash.finish().to_string();
+            self.toc.entries.push(ent);
+            written += csize;
+            ent = TocEntry {
+                name: e.name.clone(),
+                kind: "chunk".into(),
+                ..TocEntry::default()
+            };
+        }
+        if let Some(f) = self.toc.entries.get_mut(first) {
+            f.digest = file_hash.finish().to_string();
+        }
+        Ok(())
+    }
 
-    // Self-check: our own reader must accept what we wrote.
-    Index::build_with_toc_offset(&toc, size, toc_offset)?;
+    /// Copies `len` data bytes of `e` from the spool into the blob, hashing
+    /// them into `hashes` if given.
+    fn copy_data(
+        &mut self,
+        e: &InEntry,
+        len: u64,
+        mut hashes: Option<(&mut Sha256Writer, &mut Sha256Writer)>,
+    ) -> Result<(), Error> {
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(self.buf.len() as u64) as usize;
+            self.spool
+                .read_exact(&mut self.buf[..n])
+                .map_err(|err| Error::InputTar(format!("entry {:?}: data: {err}", e.name)))?;
+            if let Some((a, b)) = hashes.as_mut() {
+                a.update(&self.buf[..n]);
+                b.update(&self.buf[..n]);
+            }
+            self.bw.write(&self.buf[..n])?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
 
-    Ok(Converted {
-        toc_digest: sha256_of(&json),
-        diff_id: format_sha256(&diff.finalize()),
-        digest: format_sha256(&counter.hash.finalize()),
-        size,
-        uncompressed_size: ulen,
-        toc_offset,
-        missed_prioritized_files: missed,
-    })
+    /// The TOC member (TOC JSON entry and the end-of-archive blocks) and
+    /// the footer. Returns the TOC, its digest and the blob's measures.
+    fn finish(mut self) -> Result<(Toc, Digest, Written), Error> {
+        let bw = &mut self.bw;
+        bw.close_member()?;
+        let toc_offset = bw.offset()?;
+        let json = encode_toc_json(&self.toc)?;
+        let h = new_header(TOC_JSON_NAME, json.len() as u64)?;
+        bw.write(h.as_bytes())?;
+        bw.write(&json)?;
+        let pad = (round_up(json.len() as u64) - json.len() as u64) as usize;
+        bw.write(&ZEROS[..pad])?;
+        bw.write(&ZEROS)?;
+        bw.close_member()?;
+        bw.write_raw(&footer_bytes(toc_offset))?;
+        let BlobWriter {
+            idle, diff, ulen, ..
+        } = self.bw;
+        let mut counter = idle.ok_or_else(state_err)?;
+        counter.flush()?;
+        let written = Written {
+            digest: counter.hash.finish(),
+            diff_id: diff.finish(),
+            size: counter.n,
+            uncompressed_size: ulen,
+            toc_offset,
+        };
+        Ok((self.toc, Digest::of(&json), written))
+    }
 }

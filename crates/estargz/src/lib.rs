@@ -30,17 +30,15 @@
 
 mod chunk;
 mod convert;
-mod digest;
 mod footer;
 mod index;
-mod rfc3339;
 mod toc;
 
 pub use chunk::decompress_chunk;
 pub use convert::{convert, ConvertOptions, Converted};
 pub use footer::{footer_bytes, parse_footer};
-pub use index::{Chunk, Index, Node, NodeKind};
-pub use toc::{decode_toc, encode_toc_json, Toc, TocEntry};
+pub use index::{Children, Chunk, Index, IndexLimits, Node, NodeKind};
+pub use toc::{decode_toc, encode_toc_json, read_toc_json, Toc, TocEntry};
 
 /// Size of the eStargz footer.
 pub const FOOTER_SIZE: u64 = 51;
@@ -59,8 +57,9 @@ pub const PREFETCH_LANDMARK: &str = ".prefetch.landmark";
 pub const NO_PREFETCH_LANDMARK: &str = ".no.prefetch.landmark";
 /// Largest TOC JSON [`decode_toc`] accepts (uncompressed).
 pub const MAX_TOC_JSON_SIZE: u64 = 64 << 20;
-/// Most TOC entries [`Index::build`] accepts.
-pub const MAX_ENTRIES: usize = 10_000_000;
+/// Most TOC entries [`Index::build`] accepts (the format's sanity limit;
+/// daemons set a smaller budget through [`IndexLimits`]).
+pub const MAX_ENTRIES: usize = 4_000_000;
 /// Largest regular file [`Index::build`] accepts (1 TiB).
 pub const MAX_FILE_SIZE: u64 = 1 << 40;
 /// Overlay xattr set on directories that hold an opaque marker.
@@ -99,17 +98,9 @@ pub enum Error {
     #[error("eStargz TOC digest mismatch: expected {expected}, computed {actual}")]
     TocDigestMismatch {
         /// The digest that was asked for.
-        expected: String,
+        expected: hologram_oci::Digest,
         /// The digest of the TOC JSON found in the blob.
-        actual: String,
-    },
-    /// A digest string is not `sha256:` followed by 64 lowercase hex digits.
-    #[error("invalid digest {value:?}: {reason}")]
-    BadDigest {
-        /// The offending string.
-        value: String,
-        /// What is wrong with it.
-        reason: &'static str,
+        actual: hologram_oci::Digest,
     },
     /// The TOC as a whole is unacceptable (version, entry count, blob size).
     #[error("eStargz TOC: {0}")]
@@ -145,9 +136,9 @@ pub enum Error {
         /// Offset of the chunk in its file.
         file_offset: u64,
         /// The TOC's digest.
-        expected: String,
+        expected: hologram_oci::Digest,
         /// The digest of the decompressed bytes.
-        actual: String,
+        actual: hologram_oci::Digest,
     },
     /// The converter's input is not a tar it can convert.
     #[error("converting to eStargz: input tar: {0}")]

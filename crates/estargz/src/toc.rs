@@ -4,10 +4,9 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
+use hologram_oci::Digest;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use sha2::{Digest, Sha256};
 
-use crate::digest::{format_sha256, parse_sha256};
 use crate::{Error, MAX_TOC_JSON_SIZE, TOC_JSON_NAME};
 
 /// The raw TOC, as serialized in `stargz.index.json`.
@@ -124,7 +123,7 @@ fn xattrs_ser<S: Serializer>(x: &BTreeMap<String, Vec<u8>>, s: S) -> Result<S::O
     m.end()
 }
 
-fn xattrs_de<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
+pub(crate) fn xattrs_de<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
     use base64::Engine as _;
     let raw: Option<BTreeMap<String, Option<String>>> = Option::deserialize(d)?;
     let mut out = BTreeMap::new();
@@ -140,20 +139,33 @@ fn xattrs_de<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Vec<u8>
     Ok(out)
 }
 
-/// Decodes the TOC gzip member.
+/// Decodes the TOC gzip member and parses the TOC.
 ///
-/// `toc_region` is `blob[toc_offset .. blob_len - FOOTER_SIZE]`: one gzip
-/// member holding a tar whose first entry is `stargz.index.json`. Returns the
-/// parsed TOC and the digest (`sha256:<hex>`) of the JSON bytes, which is what
-/// the layer annotation [`crate::TOC_DIGEST_ANNOTATION`] records. If
-/// `expected_digest` is given, a mismatch is an error (and the JSON is not
-/// parsed). JSON over [`MAX_TOC_JSON_SIZE`] bytes is refused before it is
-/// read.
+/// See [`read_toc_json`]; returns the parsed TOC and the digest of the JSON
+/// bytes. Building an [`crate::Index`] does not need the parsed form:
+/// [`crate::Index::from_json`] streams the JSON.
 pub fn decode_toc(
     toc_region: &[u8],
-    expected_digest: Option<&str>,
-) -> Result<(Toc, String), Error> {
-    let expected = expected_digest.map(parse_sha256).transpose()?;
+    expected_digest: Option<&Digest>,
+) -> Result<(Toc, Digest), Error> {
+    let (json, digest) = read_toc_json(toc_region, expected_digest)?;
+    let toc: Toc = serde_json::from_slice(&json).map_err(Error::TocJson)?;
+    Ok((toc, digest))
+}
+
+/// Decompresses the TOC gzip member and returns the TOC JSON bytes and
+/// their digest.
+///
+/// `toc_region` is `blob[toc_offset .. blob_len - FOOTER_SIZE]`: one gzip
+/// member holding a tar whose first entry is `stargz.index.json`. The
+/// digest of the JSON bytes is what the layer annotation
+/// [`crate::TOC_DIGEST_ANNOTATION`] records; if `expected_digest` is given,
+/// a mismatch is an error. JSON over [`MAX_TOC_JSON_SIZE`] bytes is refused
+/// before it is read.
+pub fn read_toc_json(
+    toc_region: &[u8],
+    expected_digest: Option<&Digest>,
+) -> Result<(Vec<u8>, Digest), Error> {
     let mut gz = flate2::read::GzDecoder::new(toc_region);
     // One plain tar header (as every eStargz writer produces). Extension
     // headers (PAX, GNU long names) are refused: their contents would have
@@ -221,18 +233,16 @@ pub fn decode_toc(
     std::io::copy(&mut gz.take(1 << 20), &mut std::io::sink())
         .map_err(|e| Error::Toc(format!("the TOC gzip member is corrupt: {e}")))?;
 
-    let hash: [u8; 32] = Sha256::digest(&json).into();
-    let actual = format_sha256(&hash);
-    if let Some(exp) = expected {
-        if exp != hash {
+    let actual = Digest::of(&json);
+    if let Some(expected) = expected_digest {
+        if *expected != actual {
             return Err(Error::TocDigestMismatch {
-                expected: expected_digest.unwrap_or_default().to_owned(),
+                expected: *expected,
                 actual,
             });
         }
     }
-    let toc: Toc = serde_json::from_slice(&json).map_err(Error::TocJson)?;
-    Ok((toc, actual))
+    Ok((json, actual))
 }
 
 /// Serializes a TOC the way the reference implementation does (tab-indented

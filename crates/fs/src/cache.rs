@@ -14,20 +14,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use hologram_oci::Digest;
+
 #[derive(Debug, Default)]
 struct State {
-    /// digest hex -> (size, last use tick)
-    entries: HashMap<String, (u64, u64)>,
+    /// digest -> (size, last use tick)
+    entries: HashMap<Digest, (u64, u64)>,
     total: u64,
     tick: u64,
-}
-
-/// Counters an operator wants (exported as metrics by the daemon).
-#[derive(Debug, Default)]
-pub struct CacheStats {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub evictions: AtomicU64,
 }
 
 /// See the module documentation.
@@ -37,15 +31,6 @@ pub struct ChunkCache {
     limit: u64,
     state: Mutex<State>,
     seq: AtomicU64,
-    pub stats: CacheStats,
-}
-
-fn hex_of(digest: &str) -> Option<&str> {
-    let h = digest.strip_prefix("sha256:")?;
-    (h.len() == 64
-        && h.bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-    .then_some(h)
 }
 
 impl ChunkCache {
@@ -64,11 +49,14 @@ impl ChunkCache {
                 let _ = fs::remove_file(entry.path());
                 continue;
             }
-            if name.len() == 64 {
+            // Only files named by a digest are chunks; anything else is left alone.
+            if let Ok(d) = Digest::parse_hex(&name) {
                 let meta = entry.metadata()?;
-                st.tick += 1;
-                st.total += meta.len();
-                st.entries.insert(name, (meta.len(), st.tick));
+                if meta.is_file() {
+                    st.tick += 1;
+                    st.total += meta.len();
+                    st.entries.insert(d, (meta.len(), st.tick));
+                }
             }
         }
         let cache = ChunkCache {
@@ -76,14 +64,13 @@ impl ChunkCache {
             limit,
             state: Mutex::new(st),
             seq: AtomicU64::new(0),
-            stats: CacheStats::default(),
         };
         cache.evict();
         Ok(cache)
     }
 
-    fn path(&self, hex: &str) -> PathBuf {
-        self.dir.join(hex)
+    fn path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join(digest.hex())
     }
 
     /// Bytes currently held.
@@ -97,46 +84,40 @@ impl ChunkCache {
     }
 
     /// Whether `digest` is cached (does not count as a use).
-    pub fn contains(&self, digest: &str) -> bool {
-        let Some(hex) = hex_of(digest) else {
-            return false;
-        };
+    pub fn contains(&self, digest: &Digest) -> bool {
         self.state
             .lock()
-            .map(|s| s.entries.contains_key(hex))
+            .map(|s| s.entries.contains_key(digest))
             .unwrap_or(false)
     }
 
     /// The cache file of `digest`, if present, marking it used. Callers may
     /// open it for passthrough.
-    pub fn path_of(&self, digest: &str) -> Option<PathBuf> {
-        let hex = hex_of(digest)?;
+    pub fn path_of(&self, digest: &Digest) -> Option<PathBuf> {
         let mut st = self.state.lock().ok()?;
         st.tick += 1;
         let tick = st.tick;
-        let e = st.entries.get_mut(hex)?;
+        let e = st.entries.get_mut(digest)?;
         e.1 = tick;
-        Some(self.path(hex))
+        Some(self.path(digest))
     }
 
     /// Reads `len` bytes at `offset` of cached chunk `digest` into `out`.
     /// `Ok(false)` when the chunk is not (or no longer) cached.
     pub fn read_into(
         &self,
-        digest: &str,
+        digest: &Digest,
         offset: u64,
         len: usize,
         out: &mut Vec<u8>,
     ) -> io::Result<bool> {
         let Some(path) = self.path_of(digest) else {
-            self.stats.misses.fetch_add(1, Ordering::Relaxed);
             return Ok(false);
         };
         let f = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.forget(digest);
-                self.stats.misses.fetch_add(1, Ordering::Relaxed);
                 return Ok(false);
             }
             Err(e) => return Err(e),
@@ -152,18 +133,12 @@ impl ChunkCache {
             done += n;
         }
         out.truncate(start + done);
-        self.stats.hits.fetch_add(1, Ordering::Relaxed);
         Ok(true)
     }
 
     /// Stores verified chunk bytes. Idempotent.
-    pub fn put(&self, digest: &str, data: &[u8]) -> io::Result<()> {
-        let hex = hex_of(digest).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("bad chunk digest {digest:?}"),
-            )
-        })?;
+    pub fn put(&self, digest: &Digest, data: &[u8]) -> io::Result<()> {
+        let hex = digest.hex();
         if self.contains(digest) {
             return Ok(());
         }
@@ -178,7 +153,7 @@ impl ChunkCache {
                 .mode(0o600)
                 .open(&tmp)?;
             f.write_all(data)?;
-            fs::rename(&tmp, self.path(hex))
+            fs::rename(&tmp, self.path(digest))
         };
         if let Err(e) = write() {
             let _ = fs::remove_file(&tmp);
@@ -188,7 +163,7 @@ impl ChunkCache {
         if let Ok(mut st) = self.state.lock() {
             st.tick += 1;
             let tick = st.tick;
-            if st.entries.insert(hex.to_owned(), (size, tick)).is_none() {
+            if st.entries.insert(*digest, (size, tick)).is_none() {
                 st.total += size;
             }
         }
@@ -196,9 +171,9 @@ impl ChunkCache {
         Ok(())
     }
 
-    fn forget(&self, digest: &str) {
-        if let (Some(hex), Ok(mut st)) = (hex_of(digest), self.state.lock()) {
-            if let Some((size, _)) = st.entries.remove(hex) {
+    fn forget(&self, digest: &Digest) {
+        if let Ok(mut st) = self.state.lock() {
+            if let Some((size, _)) = st.entries.remove(digest) {
                 st.total -= size;
             }
         }
@@ -206,17 +181,17 @@ impl ChunkCache {
 
     /// Evicts least recently used chunks until the total is within the limit.
     fn evict(&self) {
-        let victims: Vec<String> = {
+        let victims: Vec<Digest> = {
             let Ok(mut st) = self.state.lock() else {
                 return;
             };
             if st.total <= self.limit {
                 return;
             }
-            let mut by_age: Vec<(u64, String, u64)> = st
+            let mut by_age: Vec<(u64, Digest, u64)> = st
                 .entries
                 .iter()
-                .map(|(k, (size, tick))| (*tick, k.clone(), *size))
+                .map(|(k, (size, tick))| (*tick, *k, *size))
                 .collect();
             by_age.sort_unstable();
             let mut out = Vec::new();
@@ -233,7 +208,6 @@ impl ChunkCache {
             out
         };
         for k in victims {
-            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
             let _ = fs::remove_file(self.path(&k));
         }
     }
@@ -244,8 +218,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn digest(n: u8) -> String {
-        format!("sha256:{}", hex::encode([n; 32]))
+    fn digest(n: u8) -> Digest {
+        Digest::from_bytes([n; 32])
     }
 
     #[test]
@@ -284,15 +258,17 @@ mod tests {
         assert!(!c.contains(&digest(2)), "2 was least recently used");
         assert!(c.contains(&digest(3)));
         assert_eq!(c.total(), 200);
-        assert!(!d.path().join(hex::encode([2u8; 32])).exists());
+        assert!(!d.path().join(digest(2).hex()).exists());
     }
 
     #[test]
-    fn rejects_malformed_digests() {
+    fn adopts_only_digest_named_files() {
         let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("not-a-digest"), b"x").unwrap();
+        std::fs::write(d.path().join("A".repeat(64)), b"x").unwrap();
+        std::fs::create_dir(d.path().join(digest(7).hex())).unwrap();
         let c = ChunkCache::open(d.path(), 1000).unwrap();
-        assert!(c.put("sha256:../../etc/passwd", b"x").is_err());
-        assert!(c.put("md5:abc", b"x").is_err());
-        assert!(c.put(&format!("sha256:{}", "A".repeat(64)), b"x").is_err());
+        assert_eq!(c.total(), 0);
+        assert!(!c.contains(&digest(7)));
     }
 }

@@ -77,7 +77,8 @@ fn makedev(major: u32, minor: u32) -> u32 {
 pub fn attr_of(node: &Node) -> FileAttr {
     let t = time_of(node.mtime_secs, node.mtime_nsecs);
     let size = match node.kind {
-        NodeKind::Symlink => node.link_target.as_ref().map_or(0, |l| l.len() as u64),
+        // The index keeps a symlink's target length as its size.
+        NodeKind::Symlink => node.size,
         NodeKind::Dir => u64::from(BLOCK),
         _ => node.size,
     };
@@ -112,7 +113,7 @@ impl LayerFs {
     /// The cache file holding all of regular file `node`, when its only
     /// chunk is cached: such a file can be served by the kernel directly.
     fn complete_file(&self, node: &Node) -> Option<std::fs::File> {
-        let [c] = node.chunks.as_slice() else {
+        let [c] = self.layer.index().chunks(node) else {
             return None;
         };
         if c.file_offset != 0 || c.size != node.size {
@@ -215,14 +216,12 @@ impl Filesystem for LayerFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let node = self.node(ino);
         self.obs().fuse_op("readlink", node.is_ok());
+        let index = self.layer.index();
         match node {
-            Ok(Node {
-                kind: NodeKind::Symlink,
-                link_target: Some(t),
-                ..
-            }) => {
-                reply.data(std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str()));
-            }
+            Ok(n) if n.kind == NodeKind::Symlink => match index.link_target(n) {
+                Some(t) => reply.data(std::os::unix::ffi::OsStrExt::as_bytes(t)),
+                None => reply.error(Errno::EINVAL),
+            },
             Ok(_) => reply.error(Errno::EINVAL),
             Err(e) => reply.error(e),
         }
@@ -343,13 +342,16 @@ impl Filesystem for LayerFs {
             }
             next = 2;
         }
-        let children = index.children(ino.0);
         let start = usize::try_from(next - 2).unwrap_or(usize::MAX);
-        for (i, (name, child)) in children.iter().enumerate().skip(start) {
+        let mut children = index.children(ino.0);
+        if start > 0 && children.nth(start - 1).is_none() {
+            return reply.ok();
+        }
+        for (i, (name, child)) in children.enumerate() {
             let kind = index
-                .node(*child)
+                .node(child)
                 .map_or(FileType::RegularFile, |n| kind_of(n.kind));
-            if reply.add(INodeNo(*child), (i + 3) as u64, kind, name) {
+            if reply.add(INodeNo(child), (start + i + 3) as u64, kind, name) {
                 break;
             }
         }
@@ -380,7 +382,7 @@ impl Filesystem for LayerFs {
         let node = self.node(ino);
         self.obs().fuse_op("getxattr", node.is_ok());
         match node {
-            Ok(n) => match n.xattrs.get(name) {
+            Ok(n) => match self.layer.index().xattr(n, name) {
                 Some(v) => xattr_reply(reply, size, v),
                 None => reply.error(Errno::NO_XATTR),
             },
@@ -394,7 +396,7 @@ impl Filesystem for LayerFs {
         match node {
             Ok(n) => {
                 let mut list = Vec::new();
-                for k in n.xattrs.keys() {
+                for k in self.layer.index().xattrs(n).into_iter().flat_map(|x| x.keys()) {
                     list.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(k.as_os_str()));
                     list.push(0);
                 }

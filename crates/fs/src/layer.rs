@@ -19,7 +19,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use hologram_estargz::{decompress_chunk, Chunk, Index, NodeKind};
-use hologram_remote::BlobSource;
+use hologram_oci::Digest;
+use hologram_source::BlobSource;
 
 use crate::cache::ChunkCache;
 use crate::observer::Observer;
@@ -73,7 +74,7 @@ pub enum ReadError {
     #[error("chunk {digest} of layer {layer} failed verification: {msg}")]
     Verify {
         layer: String,
-        digest: String,
+        digest: Digest,
         msg: String,
     },
     #[error("timed out after {0:?} waiting for layer data")]
@@ -97,7 +98,7 @@ pub struct LayerStats {
 /// A chunk's identity within its blob: several small files may share one
 /// gzip member (same `blob_offset`, different `inner_offset`).
 fn key(c: &Chunk) -> (u64, u64) {
-    (c.blob_offset, c.inner_offset)
+    c.key()
 }
 
 /// Whether `b` directly follows `a` in the blob (next member, or the same one).
@@ -149,8 +150,6 @@ pub struct Layer {
     cache: Arc<ChunkCache>,
     rt: tokio::runtime::Handle,
     cfg: LayerConfig,
-    /// Every chunk, in blob order: (inode, chunk index in the node).
-    order: Vec<(u64, usize)>,
     inflight: Mutex<HashMap<(u64, u64), Arc<Flight>>>,
     closed: AtomicBool,
     observer: Arc<dyn Observer>,
@@ -175,22 +174,12 @@ impl Layer {
         cfg: LayerConfig,
         observer: Arc<dyn Observer>,
     ) -> Layer {
-        let mut order: Vec<(u64, usize, (u64, u64))> = Vec::new();
-        for (ino, c) in index.all_chunks() {
-            if let Some(node) = index.node(ino) {
-                if let Some(i) = node.chunks.iter().position(|x| std::ptr::eq(x, c)) {
-                    order.push((ino, i, key(c)));
-                }
-            }
-        }
-        order.sort_by_key(|(_, _, off)| *off);
         Layer {
             index,
             source,
             cache,
             rt,
             cfg,
-            order: order.into_iter().map(|(ino, i, _)| (ino, i)).collect(),
             inflight: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             observer,
@@ -202,12 +191,12 @@ impl Layer {
         &self.index
     }
 
-    pub fn digest(&self) -> &str {
+    pub fn digest(&self) -> &Digest {
         self.source.digest()
     }
 
     pub fn source_kind(&self) -> &'static str {
-        self.source.source_kind()
+        self.source.kind().as_str()
     }
 
     pub fn cache(&self) -> &ChunkCache {
@@ -221,7 +210,7 @@ impl Layer {
     /// Chunks of this layer not in the cache yet (an estimate: it checks the
     /// cache for every chunk, so call it at scrape time, not per read).
     pub fn pending_chunks(&self) -> u64 {
-        (0..self.order.len())
+        (0..self.index.blob_order().len())
             .filter_map(|p| self.chunk_at(p))
             .filter(|c| !self.cache.contains(&c.digest))
             .count() as u64
@@ -232,18 +221,16 @@ impl Layer {
         self.closed.store(true, Ordering::Relaxed);
     }
 
+    /// The chunk at position `pos` in blob order.
     fn chunk_at(&self, pos: usize) -> Option<&Chunk> {
-        let (ino, i) = *self.order.get(pos)?;
-        self.index.node(ino)?.chunks.get(i)
+        self.index.chunk(*self.index.blob_order().get(pos)?)
     }
 
     fn pos_of(&self, chunk: &Chunk) -> Option<usize> {
-        self.order
-            .binary_search_by_key(&key(chunk), |(ino, i)| {
-                self.index
-                    .node(*ino)
-                    .and_then(|n| n.chunks.get(*i))
-                    .map_or((0, 0), key)
+        self.index
+            .blob_order()
+            .binary_search_by_key(&key(chunk), |&id| {
+                self.index.chunk(id).map_or((0, 0), key)
             })
             .ok()
     }
@@ -258,10 +245,9 @@ impl Layer {
         if offset >= end {
             return Ok(Vec::new());
         }
-        let first = node
-            .chunks
-            .partition_point(|c| c.file_offset + c.size <= offset);
-        let wanted: Vec<&Chunk> = node.chunks[first..]
+        let chunks = self.index.chunks(node);
+        let first = chunks.partition_point(|c| c.file_offset + c.size <= offset);
+        let wanted: Vec<&Chunk> = chunks[first..]
             .iter()
             .take_while(|c| c.file_offset < end)
             .collect();
@@ -280,8 +266,8 @@ impl Layer {
                 tries += 1;
                 if tries > 2 {
                     return Err(ReadError::Fetch {
-                        layer: self.digest().to_owned(),
-                        what: c.digest.clone(),
+                        layer: self.digest().to_string(),
+                        what: c.digest.to_string(),
                         msg: "chunk cache evicted the chunk before it could be read; is the cache too small?".into(),
                     });
                 }
@@ -305,8 +291,8 @@ impl Layer {
         }
         let Some(pos) = self.pos_of(chunk) else {
             return Err(ReadError::Fetch {
-                layer: self.digest().to_owned(),
-                what: chunk.digest.clone(),
+                layer: self.digest().to_string(),
+                what: chunk.digest.to_string(),
                 msg: "chunk not in the layer index".into(),
             });
         };
@@ -374,8 +360,8 @@ impl Layer {
         {
             Some(f) => self.finish_wait(&f, chunk),
             None => Err(ReadError::Fetch {
-                layer: self.digest().to_owned(),
-                what: chunk.digest.clone(),
+                layer: self.digest().to_string(),
+                what: chunk.digest.to_string(),
                 msg: "chunk could not be fetched".into(),
             }),
         }
@@ -386,8 +372,8 @@ impl Layer {
         match flight.wait(deadline) {
             Some(Ok(())) => Ok(()),
             Some(Err(msg)) => Err(ReadError::Fetch {
-                layer: self.digest().to_owned(),
-                what: chunk.digest.clone(),
+                layer: self.digest().to_string(),
+                what: chunk.digest.to_string(),
                 msg,
             }),
             None => Err(ReadError::Timeout(self.cfg.fetch_timeout)),
@@ -408,7 +394,7 @@ impl Layer {
                         (
                             *p,
                             ReadError::Fetch {
-                                layer: self.digest().to_owned(),
+                                layer: self.digest().to_string(),
                                 what: "chunk".into(),
                                 msg: msg(),
                             },
@@ -466,7 +452,7 @@ impl Layer {
         });
         let ok = matches!(&res, Ok(Ok(d)) if d.len() as u64 == len);
         self.observer.fetch(
-            self.source.source_kind(),
+            self.source_kind(),
             t.elapsed().as_secs_f64(),
             if ok { len } else { 0 },
             ok,
@@ -485,7 +471,7 @@ impl Layer {
                     .iter()
                     .map(|(p, _)| {
                         let e = ReadError::Fetch {
-                            layer: self.digest().to_owned(),
+                            layer: self.digest().to_string(),
                             what: format!("bytes {}..{}", range.start, range.end),
                             msg: msg.clone(),
                         };
@@ -521,8 +507,8 @@ impl Layer {
                     errors.push((
                         *pos,
                         ReadError::Verify {
-                            layer: self.digest().to_owned(),
-                            digest: c.digest.clone(),
+                            layer: self.digest().to_string(),
+                            digest: c.digest,
                             msg: e.to_string(),
                         },
                     ));
@@ -533,8 +519,8 @@ impl Layer {
             if let Err(m) = &r {
                 if !errors.iter().any(|(p, _)| p == pos) {
                     let e = ReadError::Fetch {
-                        layer: self.digest().to_owned(),
-                        what: c.digest.clone(),
+                        layer: self.digest().to_string(),
+                        what: c.digest.to_string(),
                         msg: m.clone(),
                     };
                     errors.push((*pos, e));
@@ -561,17 +547,16 @@ impl Layer {
     /// Prefetch (chunks before the landmark), then background fetch (the rest,
     /// rate limited), as configured. Runs until done or [`Layer::close`].
     pub fn warm(&self) {
-        let n = self.order.len();
+        let n = self.index.blob_order().len();
         let prefetch_end = if self.cfg.prefetch {
             self.index.prefetch_end()
         } else {
             None
         };
         let split = prefetch_end.map_or(0, |end| {
-            self.order.partition_point(|(ino, i)| {
+            self.index.blob_order().partition_point(|&id| {
                 self.index
-                    .node(*ino)
-                    .and_then(|x| x.chunks.get(*i))
+                    .chunk(id)
                     .is_some_and(|c| c.blob_offset < end)
             })
         });

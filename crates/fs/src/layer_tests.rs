@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use hologram_estargz::{convert, ConvertOptions, Index, NodeKind};
-use hologram_remote::{BlobSource, Error as RemoteError};
+use hologram_source::{BlobSource, SourceError, SourceKind};
 
 use super::*;
 use crate::observer::NoObserver;
@@ -27,19 +27,23 @@ struct FakeBlob {
 
 #[async_trait::async_trait]
 impl BlobSource for FakeBlob {
-    fn digest(&self) -> &str {
-        "sha256:fake"
+    fn digest(&self) -> &Digest {
+        static FAKE: Digest = Digest::from_bytes([0xfa; 32]);
+        &FAKE
+    }
+    fn kind(&self) -> SourceKind {
+        SourceKind::Registry
     }
     fn size(&self) -> u64 {
         self.data.len() as u64
     }
-    async fn read_at(&self, offset: u64, len: u64) -> Result<bytes::Bytes, RemoteError> {
+    async fn read_at(&self, offset: u64, len: u64) -> Result<bytes::Bytes, SourceError> {
         self.requests.fetch_add(1, Ordering::SeqCst);
         if self.hang.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
         if self.fail.load(Ordering::SeqCst) {
-            return Err(RemoteError::Transport("registry gone".into()));
+            return Err(SourceError::Unavailable("registry gone".into()));
         }
         tokio::time::sleep(self.delay).await;
         let mut v = self.data[offset as usize..(offset + len) as usize].to_vec();
@@ -48,9 +52,6 @@ impl BlobSource for FakeBlob {
             v[(c - offset) as usize] ^= 0xff;
         }
         Ok(bytes::Bytes::from(v))
-    }
-    fn source_kind(&self) -> &'static str {
-        "registry"
     }
 }
 
@@ -81,7 +82,13 @@ fn blob() -> (Vec<u8>, Index, Vec<u8>) {
     let conv = convert(Cursor::new(raw), &mut out, &opts).unwrap();
     let toc_region_start = conv.toc_offset as usize;
     let region = out[toc_region_start..out.len() - hologram_estargz::FOOTER_SIZE as usize].to_vec();
-    let index = crate::index_from_region(&region, &conv.toc_digest, out.len() as u64).unwrap();
+    let index = crate::index_from_region(
+        &region,
+        &conv.toc_digest,
+        out.len() as u64,
+        hologram_estargz::IndexLimits::default(),
+    )
+    .unwrap();
     (out, index, a)
 }
 
@@ -141,7 +148,7 @@ fn reads_across_chunks_are_exact() {
     let (_d, _src, l, a, _rt) = layer(quiet());
     let i = ino(&l, "a");
     assert_eq!(l.index().node(i).unwrap().kind, NodeKind::Reg);
-    assert_eq!(l.index().node(i).unwrap().chunks.len(), 3);
+    assert_eq!(l.index().chunks(l.index().node(i).unwrap()).len(), 3);
     // a read spanning the first chunk boundary, and one past the end
     let got = l.read(i, 128 * 1024 - 10, 100).unwrap();
     assert_eq!(got, a[128 * 1024 - 10..128 * 1024 + 90]);
@@ -195,7 +202,7 @@ fn readaround_merges_adjacent_chunks_into_one_request() {
 fn corrupted_chunk_is_an_error_and_never_cached() {
     let (_d, src, l, _a, _rt) = layer(quiet());
     let i = ino(&l, "c");
-    let chunk = l.index().node(i).unwrap().chunks[0].clone();
+    let chunk = l.index().chunks(l.index().node(i).unwrap())[0].clone();
     // inside the deflate data, just after the 10-byte gzip header
     src.corrupt_at
         .store(chunk.blob_offset + 12, Ordering::SeqCst);
@@ -268,7 +275,7 @@ fn a_bad_chunk_in_the_readaround_window_does_not_fail_a_good_read() {
         ..quiet()
     };
     let (_d, src, l, a, _rt) = layer(cfg);
-    let c = l.index().node(ino(&l, "c")).unwrap().chunks[0].clone();
+    let c = l.index().chunks(l.index().node(ino(&l, "c")).unwrap())[0].clone();
     src.corrupt_at.store(c.blob_offset + 12, Ordering::SeqCst);
     // a's chunks come first in the blob; c's bad chunk rides along in the window
     assert_eq!(l.read(ino(&l, "a"), 0, 100).unwrap(), a[..100]);

@@ -13,8 +13,9 @@ pub mod fuse;
 pub mod layer;
 pub mod observer;
 
-use hologram_estargz::{decode_toc, parse_footer, Index, FOOTER_SIZE};
-use hologram_remote::BlobSource;
+use hologram_estargz::{parse_footer, read_toc_json, Index, IndexLimits, FOOTER_SIZE};
+use hologram_oci::Digest;
+use hologram_source::{BlobSource, SourceError};
 
 /// Largest compressed TOC region we fetch.
 pub const MAX_TOC_REGION: u64 = 64 * 1024 * 1024;
@@ -23,35 +24,37 @@ pub const MAX_TOC_REGION: u64 = 64 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("layer {digest} is {size} bytes, too small to be eStargz")]
-    TooSmall { digest: String, size: u64 },
+    TooSmall { digest: Digest, size: u64 },
     #[error("fetching {what} of layer {digest}: {source}")]
     Fetch {
-        digest: String,
+        digest: Digest,
         what: &'static str,
-        source: hologram_remote::Error,
+        source: SourceError,
     },
     #[error("layer {digest} is not a valid eStargz blob: {source}")]
     Format {
-        digest: String,
+        digest: Digest,
         source: hologram_estargz::Error,
     },
     #[error("layer {digest}: TOC region of {len} bytes at offset {offset} is out of bounds or over {MAX_TOC_REGION} bytes")]
     TocBounds {
-        digest: String,
+        digest: Digest,
         offset: u64,
         len: u64,
     },
 }
 
 /// Fetches footer and TOC of an eStargz blob by range, checks the TOC
-/// against `toc_digest` (from the manifest's layer annotation) and builds
-/// the validated index. Two range requests. Also returns the compressed TOC
-/// region, which the caller may keep so a restart needs no network.
+/// against `toc_digest` (from the verified manifest's layer annotation) and
+/// builds the validated index within `limits`. Two range requests. Also
+/// returns the compressed TOC region, which the caller may keep so a
+/// restart needs no network.
 pub async fn load_index(
     source: &dyn BlobSource,
-    toc_digest: &str,
+    toc_digest: &Digest,
+    limits: IndexLimits,
 ) -> Result<(Index, Vec<u8>), LoadError> {
-    let digest = source.digest().to_owned();
+    let digest = *source.digest();
     let size = source.size();
     if size < FOOTER_SIZE {
         return Err(LoadError::TooSmall { digest, size });
@@ -60,14 +63,11 @@ pub async fn load_index(
         .read_at(size - FOOTER_SIZE, FOOTER_SIZE)
         .await
         .map_err(|e| LoadError::Fetch {
-            digest: digest.clone(),
+            digest,
             what: "footer",
             source: e,
         })?;
-    let toc_offset = parse_footer(&footer).map_err(|e| LoadError::Format {
-        digest: digest.clone(),
-        source: e,
-    })?;
+    let toc_offset = parse_footer(&footer).map_err(|e| LoadError::Format { digest, source: e })?;
     let end = size - FOOTER_SIZE;
     let len = end.saturating_sub(toc_offset);
     if toc_offset >= end || len > MAX_TOC_REGION {
@@ -81,24 +81,26 @@ pub async fn load_index(
         .read_at(toc_offset, len)
         .await
         .map_err(|e| LoadError::Fetch {
-            digest: digest.clone(),
+            digest,
             what: "TOC",
             source: e,
         })?;
-    let index = index_from_region(&region, toc_digest, size)
+    let index = index_from_region(&region, toc_digest, size, limits)
         .map_err(|e| LoadError::Format { digest, source: e })?;
     Ok((index, region.to_vec()))
 }
 
-/// Decodes a TOC region, checks it against `toc_digest`, builds the index.
+/// Decodes a TOC region (the bytes from the TOC member to the footer),
+/// checks it against `toc_digest` and builds the index within `limits`.
 pub fn index_from_region(
     region: &[u8],
-    toc_digest: &str,
+    toc_digest: &Digest,
     blob_size: u64,
+    limits: IndexLimits,
 ) -> Result<Index, hologram_estargz::Error> {
-    let (toc, _) = decode_toc(region, Some(toc_digest))?;
+    let (json, _) = read_toc_json(region, Some(toc_digest))?;
     let toc_offset = blob_size
         .saturating_sub(FOOTER_SIZE)
         .saturating_sub(region.len() as u64);
-    Index::build_with_toc_offset(&toc, blob_size, toc_offset)
+    Index::from_json(&json, blob_size, toc_offset, limits)
 }

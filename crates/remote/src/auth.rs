@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde::Deserialize;
 
-use crate::reference::{DOCKER_HUB, DOCKER_HUB_API_HOST};
+use hologram_oci::{DOCKER_HUB, DOCKER_HUB_API_HOST};
 use crate::Error;
 
 /// Credentials for one registry host.

@@ -1,37 +1,25 @@
-//! The transport-agnostic range reader used by the FUSE layer.
+//! The registry's implementation of the lazy read path's fetch interface
+//! ([`hologram_source::BlobSource`]).
 
 use bytes::Bytes;
+use hologram_oci::Digest;
+use hologram_source::{check_range, BlobSource, SourceError, SourceKind};
 
 use crate::{Error, Reference, RegistryClient};
 
-/// Random access to one (layer) blob. Implementations bound the time of
-/// each read (`total_timeout`) and retry transient failures themselves.
-#[async_trait::async_trait]
-pub trait BlobSource: Send + Sync + std::fmt::Debug {
-    /// The blob's digest.
-    fn digest(&self) -> &str;
-    /// The blob's size in bytes.
-    fn size(&self) -> u64;
-    /// Reads `[offset, offset+len)`; the range must lie inside the blob
-    /// ([`Error::OutOfRange`] otherwise). Exactly `len` bytes or an error.
-    async fn read_at(&self, offset: u64, len: u64) -> Result<Bytes, Error>;
-    /// A short label for metrics/logs: `"registry"`, later `"ctp96"`.
-    fn source_kind(&self) -> &'static str;
-}
-
-/// A [`BlobSource`] reading a blob from a registry with HTTP Range requests.
+/// One (layer) blob read from a registry with HTTP Range requests.
 #[derive(Debug, Clone)]
 pub struct RegistryBlob {
     client: RegistryClient,
     reference: Reference,
-    digest: String,
+    digest: Digest,
     size: u64,
 }
 
 impl RegistryBlob {
     /// `size` is the blob's size from the manifest descriptor (or
     /// [`RegistryClient::blob_size`]).
-    pub fn new(client: RegistryClient, r: Reference, digest: String, size: u64) -> Self {
+    pub fn new(client: RegistryClient, r: Reference, digest: Digest, size: u64) -> Self {
         RegistryBlob {
             client,
             reference: r,
@@ -46,9 +34,28 @@ impl RegistryBlob {
     }
 }
 
+impl From<Error> for SourceError {
+    fn from(e: Error) -> Self {
+        let msg = e.to_string();
+        match e {
+            Error::OutOfRange(_) => SourceError::OutOfRange(msg),
+            Error::DigestMismatch { .. } | Error::InvalidResponse(_) | Error::TooLarge(_) => {
+                SourceError::Integrity(msg)
+            }
+            Error::Unauthorized(_) => SourceError::Denied(msg),
+            Error::NotFound(_) => SourceError::NotFound(msg),
+            Error::Timeout(_) | Error::Transport(_) => SourceError::Unavailable(msg),
+            Error::Http { status, .. } if status >= 500 || status == 429 || status == 408 => {
+                SourceError::Unavailable(msg)
+            }
+            _ => SourceError::Other(msg),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl BlobSource for RegistryBlob {
-    fn digest(&self) -> &str {
+    fn digest(&self) -> &Digest {
         &self.digest
     }
 
@@ -56,22 +63,15 @@ impl BlobSource for RegistryBlob {
         self.size
     }
 
-    async fn read_at(&self, offset: u64, len: u64) -> Result<Bytes, Error> {
-        match offset.checked_add(len) {
-            Some(end) if end <= self.size => {}
-            _ => {
-                return Err(Error::OutOfRange(format!(
-                    "read of {len} bytes at {offset} past the end of {} ({} bytes)",
-                    self.digest, self.size
-                )))
-            }
-        }
-        self.client
-            .read_range(&self.reference, &self.digest, offset, len)
-            .await
+    fn kind(&self) -> SourceKind {
+        SourceKind::Registry
     }
 
-    fn source_kind(&self) -> &'static str {
-        "registry"
+    async fn read_at(&self, offset: u64, len: u64) -> Result<Bytes, SourceError> {
+        check_range(&self.digest, self.size, offset, len)?;
+        Ok(self
+            .client
+            .read_range(&self.reference, &self.digest, offset, len)
+            .await?)
     }
 }

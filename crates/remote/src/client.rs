@@ -12,12 +12,11 @@ use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 
 use crate::auth::{self, AuthCache, Challenge, Credential, CredentialStore, TokenResponse};
-use crate::digest::{compute_digest_like, sha256_digest, validate_digest, verify_digest};
+use hologram_oci::{media_types, Digest, ImageIndex, Platform, MAX_MANIFEST_SIZE};
+
 use crate::error::{error_chain, redact_queries};
 use crate::hosts::{self, Capability, Caps, HostSpec, TlsSettings};
-use crate::manifest::{
-    detect_media_type, media_types, select_platform, Manifest, Platform, MAX_MANIFEST_SIZE,
-};
+use crate::manifest::{detect_media_type, verify, Manifest};
 use crate::{Error, Reference};
 
 /// The most a range read may buffer: both the largest `len` accepted and the
@@ -829,10 +828,7 @@ impl RegistryClient {
     /// whenever the registry sends it; at most 4 MiB are accepted.
     pub async fn fetch_manifest(&self, r: &Reference) -> Result<Manifest, Error> {
         let (cap, mref) = match &r.digest {
-            Some(d) => {
-                validate_digest(d)?;
-                (Capability::Pull, d.clone())
-            }
+            Some(d) => (Capability::Pull, d.to_string()),
             None => (
                 Capability::Resolve,
                 r.tag.clone().unwrap_or_else(|| "latest".into()),
@@ -865,17 +861,17 @@ impl RegistryClient {
             let announced = header_str(resp.headers(), "docker-content-digest").map(|s| s.trim().to_string());
             let body = read_body(&mut resp, MAX_MANIFEST_SIZE, None, self.cfg().request_timeout).await?.freeze();
             if let Some(d) = &r.digest {
-                verify_digest(d, &body)?;
+                verify(d, &body)?;
             }
             if let Some(h) = announced.filter(|h| !h.is_empty()) {
-                match validate_digest(&h) {
-                    Ok(()) => verify_digest(&h, &body)?,
+                match Digest::parse(&h) {
+                    Ok(d) => verify(&d, &body)?,
                     Err(e) => tracing::debug!(header = %h, error = %e, "ignoring unverifiable Docker-Content-Digest"),
                 }
             }
             let digest = match &r.digest {
-                Some(d) => d.clone(),
-                None => sha256_digest(&body),
+                Some(d) => *d,
+                None => Digest::of(&body),
             };
             Ok(Manifest { media_type: detect_media_type(ct.as_deref(), &body), bytes: body, digest })
         })
@@ -902,7 +898,11 @@ impl RegistryClient {
         if !top.is_index() {
             return Ok((None, top));
         }
-        let desc = select_platform(&top.bytes, platform)?;
+        let index = ImageIndex::parse(&top.bytes)
+            .map_err(|e| Error::InvalidResponse(e.to_string()))?;
+        let desc = index
+            .select(platform)
+            .map_err(|e| Error::NotFound(e.to_string()))?;
         let child = self.fetch_manifest(&r.with_digest(&desc.digest)).await?;
         if child.bytes.len() as u64 != desc.size {
             return Err(Error::InvalidResponse(format!(
@@ -927,10 +927,9 @@ impl RegistryClient {
     pub async fn fetch_blob(
         &self,
         r: &Reference,
-        digest: &str,
+        digest: &Digest,
         max_size: u64,
     ) -> Result<Bytes, Error> {
-        validate_digest(digest)?;
         let scope = pull_scope(r);
         let what = format!("fetch blob {digest} of {r}");
         let scope = &scope;
@@ -967,7 +966,7 @@ impl RegistryClient {
                         e => e,
                     })?
                     .freeze();
-                verify_digest(digest, &body)?;
+                verify(digest, &body)?;
                 Ok(body)
             },
         )
@@ -977,8 +976,7 @@ impl RegistryClient {
     /// The size of a blob from a HEAD request (redirects followed). If the
     /// HEAD is refused after a redirect (storage URLs signed for GET only),
     /// a one-byte range GET gives the size instead.
-    pub async fn blob_size(&self, r: &Reference, digest: &str) -> Result<u64, Error> {
-        validate_digest(digest)?;
+    pub async fn blob_size(&self, r: &Reference, digest: &Digest) -> Result<u64, Error> {
         let scope = pull_scope(r);
         let what = format!("size of blob {digest} of {r}");
         let scope = &scope;
@@ -1001,10 +999,10 @@ impl RegistryClient {
                 let status = resp.status();
                 if status.is_success() {
                     if let Some(h) = header_str(resp.headers(), "docker-content-digest") {
-                        if validate_digest(h.trim()).is_ok() && h.trim() != digest {
+                        if let Some(other) = Digest::parse(h.trim()).ok().filter(|h| h != digest) {
                             return Err(Error::DigestMismatch {
-                                expected: digest.to_string(),
-                                actual: h.trim().to_string(),
+                                expected: *digest,
+                                actual: other,
                             });
                         }
                     }
@@ -1053,11 +1051,10 @@ impl RegistryClient {
     pub async fn read_range(
         &self,
         r: &Reference,
-        digest: &str,
+        digest: &Digest,
         offset: u64,
         len: u64,
     ) -> Result<Bytes, Error> {
-        validate_digest(digest)?;
         if len == 0 {
             return Ok(Bytes::new());
         }
@@ -1159,8 +1156,8 @@ impl RegistryClient {
 
     /// Uploads a blob unless a HEAD shows it exists: monolithic POST then
     /// PUT `?digest=`. The data is checked against `digest` first.
-    pub async fn push_blob(&self, r: &Reference, digest: &str, data: Bytes) -> Result<(), Error> {
-        verify_digest(digest, &data)?;
+    pub async fn push_blob(&self, r: &Reference, digest: &Digest, data: Bytes) -> Result<(), Error> {
+        verify(digest, &data)?;
         let scope = push_scope(r);
         let what = format!("push blob {digest} to {r}");
         let scope = &scope;
@@ -1202,7 +1199,7 @@ impl RegistryClient {
                 let mut put_url = resp.url().join(loc).map_err(|e| {
                     Error::InvalidResponse(format!("bad upload Location {loc:?}: {e}"))
                 })?;
-                put_url.query_pairs_mut().append_pair("digest", digest);
+                put_url.query_pairs_mut().append_pair("digest", &digest.to_string());
                 req.method = Method::PUT;
                 req.url = put_url;
                 req.body = Some(data.clone());
@@ -1229,17 +1226,17 @@ impl RegistryClient {
         r: &Reference,
         media_type: &str,
         bytes: Bytes,
-    ) -> Result<String, Error> {
+    ) -> Result<Digest, Error> {
         let digest = match &r.digest {
             Some(d) => {
-                verify_digest(d, &bytes)?;
-                d.clone()
+                verify(d, &bytes)?;
+                *d
             }
-            None => sha256_digest(&bytes),
+            None => Digest::of(&bytes),
         };
         let ct = HeaderValue::from_str(media_type)
             .map_err(|_| Error::Config(format!("invalid media type {media_type:?}")))?;
-        let mref = r.tag.clone().unwrap_or_else(|| digest.clone());
+        let mref = r.tag.clone().unwrap_or_else(|| digest.to_string());
         let scope = push_scope(r);
         let what = format!("push manifest {digest} to {r}");
         let (scope, mref, ct, bytes_ref, digest_ref) = (&scope, &mref, &ct, &bytes, &digest);
@@ -1265,17 +1262,17 @@ impl RegistryClient {
                 }
                 if let Some(h) = header_str(resp.headers(), "docker-content-digest").map(str::trim)
                 {
-                    if validate_digest(h).is_ok() {
-                        let ours = compute_digest_like(h, bytes_ref)?;
-                        if ours != h {
+                    if let Ok(theirs) = Digest::parse(h) {
+                        if theirs != *digest_ref {
                             return Err(Error::DigestMismatch {
-                                expected: ours,
-                                actual: h.to_string(),
+                                expected: *digest_ref,
+                                actual: theirs,
                             });
                         }
                     }
                 }
-                Ok(digest_ref.clone())
+                let _ = bytes_ref;
+                Ok(*digest_ref)
             },
         )
         .await?;

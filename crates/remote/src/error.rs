@@ -24,9 +24,9 @@ pub enum Error {
     #[error("digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch {
         /// The digest the content should have.
-        expected: String,
+        expected: hologram_oci::Digest,
         /// The digest the content has.
-        actual: String,
+        actual: hologram_oci::Digest,
     },
     /// A body exceeds the limit the caller (or the 64 MiB range-read cap) set.
     #[error("too large: {0}")]
@@ -58,6 +58,18 @@ pub enum Error {
     /// an operation no configured host is capable of.
     #[error("configuration error: {0}")]
     Config(String),
+}
+
+impl From<hologram_oci::ReferenceError> for Error {
+    fn from(e: hologram_oci::ReferenceError) -> Self {
+        Error::InvalidReference(e.to_string())
+    }
+}
+
+impl From<hologram_oci::DigestError> for Error {
+    fn from(e: hologram_oci::DigestError) -> Self {
+        Error::InvalidDigest(e.to_string())
+    }
 }
 
 impl Error {
@@ -154,8 +166,8 @@ mod tests {
         }
         assert!(!Error::NotFound("x".into()).is_retryable());
         assert!(!Error::DigestMismatch {
-            expected: "a".into(),
-            actual: "b".into()
+            expected: hologram_oci::Digest::of(b"a"),
+            actual: hologram_oci::Digest::of(b"b"),
         }
         .is_retryable());
     }

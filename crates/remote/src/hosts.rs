@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::reference::{DOCKER_HUB, DOCKER_HUB_API_HOST};
+use hologram_oci::{DOCKER_HUB, DOCKER_HUB_API_HOST};
 use crate::Error;
 
 /// Which operations a host may be used for.

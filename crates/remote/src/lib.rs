@@ -56,13 +56,14 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), hologram_remote::Error> {
-//! use hologram_remote::{BlobSource, Reference, RegistryBlob, RegistryClient, RegistryConfig};
+//! use hologram_remote::{Reference, RegistryBlob, RegistryClient, RegistryConfig};
+//! use hologram_source::BlobSource as _;
 //! let client = RegistryClient::new(RegistryConfig::default())?;
 //! let r = Reference::parse("127.0.0.1:5000/e2e/layers:1")?;
 //! let (_index, manifest) = client.resolve_platform(&r).await?;
-//! # let digest = String::new(); let size = 0;
-//! let blob = RegistryBlob::new(client.clone(), r, digest, size);
-//! let head = blob.read_at(0, 512).await?;
+//! let layer = manifest.image()?.layers.remove(0);
+//! let blob = RegistryBlob::new(client.clone(), r, layer.digest, layer.size);
+//! let head = blob.read_at(0, 512).await.map_err(|e| hologram_remote::Error::Transport(e.to_string()))?;
 //! # let _ = (manifest, head);
 //! # Ok(()) }
 //! ```
@@ -70,22 +71,17 @@
 mod auth;
 mod blob;
 mod client;
-mod digest;
 mod error;
 mod hosts;
 mod manifest;
-mod reference;
 pub mod referrers;
 
-pub use blob::{BlobSource, RegistryBlob};
+pub use blob::RegistryBlob;
 
 /// containerd's hosts.toml directory, where both the daemon and `hologram`
 /// look by default (CRI's `config_path` convention).
 pub const DEFAULT_HOSTS_DIR: &str = "/etc/containerd/certs.d";
 pub use client::{RegistryClient, RegistryConfig, MAX_RANGE_BODY};
-pub use digest::{compute_digest_like, sha256_digest, validate_digest, verify_digest};
 pub use error::Error;
-pub use manifest::{
-    media_types, select_platform, Descriptor, Manifest, Platform, MAX_MANIFEST_SIZE,
-};
-pub use reference::{Reference, DOCKER_HUB, DOCKER_HUB_API_HOST};
+pub use hologram_oci::{media_types, Digest, Platform, Reference, DOCKER_HUB, DOCKER_HUB_API_HOST};
+pub use manifest::{verify, Manifest};

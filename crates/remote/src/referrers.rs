@@ -11,21 +11,17 @@
 //! by itself: the caller verifies the envelope's signature.
 
 use bytes::Bytes;
-use serde_json::{json, Value};
+use hologram_oci::{media_types, Descriptor, Digest, ImageIndex, ImageManifest};
 
-use crate::{sha256_digest, Error, Reference, RegistryClient};
-
-const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const MT_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const MT_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+use crate::{Error, Reference, RegistryClient};
 /// Largest attached blob read back.
 const MAX_ARTIFACT: u64 = 1024 * 1024;
 /// Most artifacts considered per subject (a hostile index could list more).
 const MAX_ARTIFACTS: usize = 64;
 
 /// The tag schema's tag for a subject digest (`sha256:abc` → `sha256-abc`).
-pub fn fallback_tag(subject_digest: &str) -> String {
-    subject_digest.replacen(':', "-", 1)
+pub fn fallback_tag(subject_digest: &Digest) -> String {
+    format!("sha256-{}", subject_digest.hex())
 }
 
 /// Attaches `blob` (of media type `artifact_type`) to the manifest
@@ -35,48 +31,57 @@ pub fn fallback_tag(subject_digest: &str) -> String {
 pub async fn attach(
     client: &RegistryClient,
     r: &Reference,
-    subject_digest: &str,
-    subject_media_type: &str,
-    subject_size: u64,
+    subject: &Descriptor,
     artifact_type: &str,
     blob: Bytes,
-) -> Result<String, Error> {
+) -> Result<Digest, Error> {
     let empty = Bytes::from_static(b"{}");
-    let empty_digest = sha256_digest(&empty);
+    let empty_digest = Digest::of(&empty);
     client.push_blob(r, &empty_digest, empty).await?;
-    let blob_digest = sha256_digest(&blob);
-    let blob_size = blob.len();
+    let blob_digest = Digest::of(&blob);
+    let blob_size = blob.len() as u64;
     client.push_blob(r, &blob_digest, blob).await?;
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": MT_MANIFEST,
-        "artifactType": artifact_type,
-        "config": { "mediaType": MT_EMPTY, "digest": empty_digest, "size": 2 },
-        "layers": [ { "mediaType": artifact_type, "digest": blob_digest, "size": blob_size } ],
-        "subject": { "mediaType": subject_media_type, "digest": subject_digest, "size": subject_size },
-    });
-    let mbytes =
-        Bytes::from(serde_json::to_vec(&manifest).map_err(|e| Error::Config(e.to_string()))?);
-    let mdigest = sha256_digest(&mbytes);
-    let msize = mbytes.len();
+    let manifest = ImageManifest {
+        schema_version: 2,
+        media_type: Some(media_types::OCI_MANIFEST.to_owned()),
+        artifact_type: Some(artifact_type.to_owned()),
+        config: Descriptor::new(media_types::OCI_EMPTY, empty_digest, 2),
+        layers: vec![Descriptor::new(artifact_type, blob_digest, blob_size)],
+        subject: Some(Descriptor::new(&subject.media_type, subject.digest, subject.size)),
+        annotations: Default::default(),
+    };
+    let mbytes = Bytes::from(manifest.to_bytes());
+    let mdigest = Digest::of(&mbytes);
+    let msize = mbytes.len() as u64;
     client
-        .push_manifest(&r.with_digest(&mdigest), MT_MANIFEST, mbytes)
+        .push_manifest(&r.with_digest(&mdigest), media_types::OCI_MANIFEST, mbytes)
         .await?;
 
     // Add it to the tag-schema index (read, modify, write: a concurrent
     // writer may race; the last one wins, as with every tag-schema client).
-    let tag_ref = r.with_tag(&fallback_tag(subject_digest));
-    let mut index = match client.fetch_manifest(&tag_ref).await {
-        Ok(m) => serde_json::from_slice::<Value>(&m.bytes).unwrap_or_else(|_| json!({})),
-        Err(Error::NotFound(_)) => json!({}),
+    let tag_ref = r.with_tag(&fallback_tag(&subject.digest));
+    let mut entries = match client.fetch_manifest(&tag_ref).await {
+        // An unreadable index is replaced rather than kept.
+        Ok(m) => ImageIndex::parse(&m.bytes)
+            .map(|ix| ix.manifests)
+            .unwrap_or_default(),
+        Err(Error::NotFound(_)) => Vec::new(),
         Err(e) => return Err(e),
     };
-    let mut entries = index["manifests"].as_array().cloned().unwrap_or_default();
-    entries.retain(|m| m["digest"].as_str() != Some(mdigest.as_str()));
-    entries.push(json!({ "mediaType": MT_MANIFEST, "digest": mdigest, "size": msize, "artifactType": artifact_type }));
-    index = json!({ "schemaVersion": 2, "mediaType": MT_INDEX, "manifests": entries });
+    entries.retain(|m| m.digest != mdigest);
+    let mut entry = Descriptor::new(media_types::OCI_MANIFEST, mdigest, msize);
+    entry.artifact_type = Some(artifact_type.to_owned());
+    entries.push(entry);
+    let index = ImageIndex {
+        schema_version: 2,
+        media_type: Some(media_types::OCI_INDEX.to_owned()),
+        manifests: entries,
+        annotations: Default::default(),
+    };
     let ibytes = Bytes::from(serde_json::to_vec(&index).map_err(|e| Error::Config(e.to_string()))?);
-    client.push_manifest(&tag_ref, MT_INDEX, ibytes).await?;
+    client
+        .push_manifest(&tag_ref, media_types::OCI_INDEX, ibytes)
+        .await?;
     Ok(mdigest)
 }
 
@@ -85,7 +90,7 @@ pub async fn attach(
 pub async fn fetch_attached(
     client: &RegistryClient,
     r: &Reference,
-    subject_digest: &str,
+    subject_digest: &Digest,
     artifact_type: &str,
 ) -> Result<Vec<Bytes>, Error> {
     let index = match client
@@ -96,31 +101,24 @@ pub async fn fetch_attached(
         Err(Error::NotFound(_)) => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    let doc: Value = serde_json::from_slice(&index.bytes)
-        .map_err(|e| Error::InvalidResponse(format!("referrers index is not JSON: {e}")))?;
+    let index = ImageIndex::parse(&index.bytes)
+        .map_err(|e| Error::InvalidResponse(format!("referrers index: {e}")))?;
     let mut out = Vec::new();
-    let entries = doc["manifests"].as_array().cloned().unwrap_or_default();
-    for m in entries
+    for m in index
+        .manifests
         .iter()
-        .filter(|m| m["artifactType"].as_str() == Some(artifact_type))
+        .filter(|m| m.artifact_type.as_deref() == Some(artifact_type))
         .take(MAX_ARTIFACTS)
     {
-        let Some(d) = m["digest"].as_str() else {
-            continue;
-        };
-        let art = client.fetch_manifest(&r.with_digest(d)).await?;
-        let adoc: Value = serde_json::from_slice(&art.bytes)
-            .map_err(|e| Error::InvalidResponse(format!("artifact {d} is not JSON: {e}")))?;
+        let art = client.fetch_manifest(&r.with_digest(&m.digest)).await?;
+        let art = ImageManifest::parse(&art.bytes)
+            .map_err(|e| Error::InvalidResponse(format!("artifact {}: {e}", m.digest)))?;
         // Only artifacts that really name this subject count.
-        if adoc["subject"]["digest"].as_str() != Some(subject_digest) {
+        if art.subject.as_ref().map(|s| &s.digest) != Some(subject_digest) {
             continue;
         }
-        for l in adoc["layers"].as_array().into_iter().flatten() {
-            if l["mediaType"].as_str() == Some(artifact_type) {
-                if let Some(bd) = l["digest"].as_str() {
-                    out.push(client.fetch_blob(r, bd, MAX_ARTIFACT).await?);
-                }
-            }
+        for l in art.layers.iter().filter(|l| l.media_type == artifact_type) {
+            out.push(client.fetch_blob(r, &l.digest, MAX_ARTIFACT).await?);
         }
     }
     Ok(out)

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::*;
-use hologram_remote::{
-    sha256_digest, BlobSource, Error, Reference, RegistryBlob, RegistryClient, RegistryConfig,
+use hologram_source::BlobSource;
+use hologram_remote::{Digest, 
+    Error, Reference, RegistryBlob, RegistryClient, RegistryConfig,
 };
 
 const REPO: &str = "test/repo";
@@ -23,7 +24,7 @@ fn reference(host: &str) -> Reference {
     Reference::parse(&format!("{host}/{REPO}:latest")).unwrap()
 }
 
-fn blob_path(digest: &str) -> String {
+fn blob_path(digest: &Digest) -> String {
     format!("/v2/{REPO}/blobs/{digest}")
 }
 
@@ -75,7 +76,7 @@ async fn token_registry(data: Arc<Vec<u8>>, state: Arc<Mutex<TokenState>>) -> Mo
 async fn bearer_token_is_fetched_cached_and_refreshed_mid_stream() {
     let tmp = tempfile::tempdir().unwrap();
     let data = Arc::new(pseudo_random(300_000, 1));
-    let digest = sha256_digest(&data);
+    let digest = Digest::of(&data);
     let state = Arc::new(Mutex::new(TokenState {
         expires_in: 300,
         ..Default::default()
@@ -139,7 +140,7 @@ async fn bearer_token_is_fetched_cached_and_refreshed_mid_stream() {
 async fn short_lived_token_is_renewed_before_it_expires() {
     let tmp = tempfile::tempdir().unwrap();
     let data = Arc::new(pseudo_random(10_000, 2));
-    let digest = sha256_digest(&data);
+    let digest = Digest::of(&data);
     let state = Arc::new(Mutex::new(TokenState {
         expires_in: 1,
         ..Default::default()
@@ -178,7 +179,7 @@ async fn wrong_credentials_are_unauthorized_without_retries() {
     ));
     let c = client(cfg);
     let err = c
-        .read_range(&reference(&srv.host()), &sha256_digest(&data), 0, 10)
+        .read_range(&reference(&srv.host()), &Digest::of(&data), 0, 10)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Unauthorized(_)), "{err}");
@@ -201,7 +202,7 @@ async fn basic_challenge_sends_configured_credentials() {
         serve_range(req, &d2)
     })
     .await;
-    let digest = sha256_digest(&data);
+    let digest = Digest::of(&data);
 
     // Without credentials: Unauthorized after the one challenge.
     let anon = client(test_config(tmp.path()));
@@ -237,7 +238,7 @@ async fn basic_challenge_sends_configured_credentials() {
 async fn redirects_keep_range_and_drop_authorization() {
     let tmp = tempfile::tempdir().unwrap();
     let data = Arc::new(pseudo_random(100_000, 5));
-    let digest = sha256_digest(&data);
+    let digest = Digest::of(&data);
     let d2 = data.clone();
     let storage = MockServer::start(move |req| serve_range(req, &d2)).await;
     let storage_host = storage.host();
@@ -292,7 +293,7 @@ async fn redirects_keep_range_and_drop_authorization() {
 async fn server_ignoring_range_is_sliced_but_bounded() {
     let tmp = tempfile::tempdir().unwrap();
     let data = Arc::new(pseudo_random(50_000, 6));
-    let digest = sha256_digest(&data);
+    let digest = Digest::of(&data);
     let d2 = data.clone();
     let srv = MockServer::start(move |_req| Reply::status(200).body(d2.to_vec())).await;
     let c = client(test_config(tmp.path()));
@@ -328,7 +329,7 @@ async fn silent_server_fails_within_total_timeout() {
     cfg.total_timeout = Duration::from_millis(1500);
     let c = client(cfg);
     let r = reference(&srv.host());
-    let digest = sha256_digest(b"whatever");
+    let digest = Digest::of(b"whatever");
 
     let start = Instant::now();
     let err = c.read_range(&r, &digest, 0, 4096).await.unwrap_err();
@@ -344,7 +345,7 @@ async fn silent_server_fails_within_total_timeout() {
     let start = Instant::now();
     assert!(matches!(
         blob.read_at(100, 100).await,
-        Err(Error::Timeout(_))
+        Err(hologram_source::SourceError::Unavailable(_))
     ));
     assert!(start.elapsed() < Duration::from_secs(5));
 
@@ -373,7 +374,7 @@ async fn per_attempt_timeout_then_retry_succeeds() {
     let c = client(cfg);
     let start = Instant::now();
     let got = c
-        .read_range(&reference(&srv.host()), &sha256_digest(&data), 5, 10)
+        .read_range(&reference(&srv.host()), &Digest::of(&data), 5, 10)
         .await
         .unwrap();
     assert_eq!(&got[..], &data[5..15]);
@@ -390,7 +391,7 @@ async fn connection_refused_gives_transport_error_quickly() {
     let r = reference(&format!("127.0.0.1:{}", dead_port()));
     let start = Instant::now();
     let err = c
-        .read_range(&r, &sha256_digest(b"x"), 0, 1)
+        .read_range(&r, &Digest::of(b"x"), 0, 1)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Transport(_)), "{err}");
@@ -401,7 +402,7 @@ async fn connection_refused_gives_transport_error_quickly() {
 async fn manifest_bytes_are_verified() {
     let tmp = tempfile::tempdir().unwrap();
     let good = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#.to_vec();
-    let good_digest = sha256_digest(&good);
+    let good_digest = Digest::of(&good);
     let evil = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"evil":1},"layers":[]}"#.to_vec();
     let (g, gd) = (good.clone(), good_digest.clone());
     let srv = MockServer::start(move |req| {
@@ -409,13 +410,13 @@ async fn manifest_bytes_are_verified() {
         if p.ends_with("/manifests/good") {
             Reply::status(200)
                 .header("Content-Type", OCI_MANIFEST)
-                .header("Docker-Content-Digest", &gd)
+                .header("Docker-Content-Digest", &gd.to_string())
                 .body(g.clone())
         } else if p.ends_with("/manifests/lying") {
             // Docker-Content-Digest names other content.
             Reply::status(200)
                 .header("Content-Type", OCI_MANIFEST)
-                .header("Docker-Content-Digest", &gd)
+                .header("Docker-Content-Digest", &gd.to_string())
                 .body(evil.clone())
         } else if p.contains("/manifests/sha256:") {
             // Wrong bytes for any digest.
@@ -464,7 +465,7 @@ async fn manifest_bytes_are_verified() {
 async fn server_errors_are_retried_client_errors_are_not() {
     let tmp = tempfile::tempdir().unwrap();
     let data = Arc::new(pseudo_random(4096, 8));
-    let digest = sha256_digest(&data);
+    let digest = Digest::of(&data);
     let n = Arc::new(AtomicUsize::new(0));
     let (d2, n2) = (data.clone(), n.clone());
     let srv = MockServer::start(move |req| {
@@ -547,7 +548,7 @@ async fn inconsistent_partial_responses_are_rejected() {
     })
     .await;
     let c = client(test_config(tmp.path()));
-    let digest = sha256_digest(&data);
+    let digest = Digest::of(&data);
     for repo in ["shifted", "short", "no-content-range"] {
         let r = Reference::parse(&format!("{}/{repo}/x", srv.host())).unwrap();
         let err = c.read_range(&r, &digest, 0, 10).await.unwrap_err();
@@ -559,14 +560,14 @@ async fn inconsistent_partial_responses_are_rejected() {
     let blob = RegistryBlob::new(c.clone(), reference(&srv.host()), digest, 1000);
     assert!(matches!(
         blob.read_at(990, 11).await,
-        Err(Error::OutOfRange(_))
+        Err(hologram_source::SourceError::OutOfRange(_))
     ));
     assert!(matches!(
         blob.read_at(u64::MAX, 2).await,
-        Err(Error::OutOfRange(_))
+        Err(hologram_source::SourceError::OutOfRange(_))
     ));
     assert_eq!(blob.read_at(1000, 0).await.unwrap().len(), 0);
-    assert_eq!(blob.source_kind(), "registry");
+    assert_eq!(blob.kind().as_str(), "registry");
     assert_eq!(blob.size(), 1000);
     assert_eq!(srv.requests().len(), 3);
 }
@@ -586,7 +587,7 @@ async fn simple_registry(blobs: Vec<Arc<Vec<u8>>>, manifest: Vec<u8>) -> MockSer
                 .body(manifest.clone());
         }
         for b in &blobs {
-            if req.path() == blob_path(&sha256_digest(b)) {
+            if req.path() == blob_path(&Digest::of(b)) {
                 return serve_range(req, b);
             }
         }
@@ -599,7 +600,7 @@ async fn simple_registry(blobs: Vec<Arc<Vec<u8>>>, manifest: Vec<u8>) -> MockSer
 async fn hosts_toml_falls_back_from_dead_mirror_to_server() {
     let tmp = tempfile::tempdir().unwrap();
     let data = Arc::new(pseudo_random(20_000, 10));
-    let digest = sha256_digest(&data);
+    let digest = Digest::of(&data);
     let srv = simple_registry(
         vec![data.clone()],
         br#"{"schemaVersion":2,"config":{},"layers":[]}"#.to_vec(),
@@ -638,14 +639,14 @@ async fn hosts_toml_falls_back_from_dead_mirror_to_server() {
 async fn hosts_toml_mirror_capabilities_headers_and_override_path() {
     let tmp = tempfile::tempdir().unwrap();
     let data = Arc::new(pseudo_random(20_000, 11));
-    let digest = sha256_digest(&data);
+    let digest = Digest::of(&data);
     let other = Arc::new(pseudo_random(100, 12));
-    let other_digest = sha256_digest(&other);
+    let other_digest = Digest::of(&other);
     let manifest = br#"{"schemaVersion":2,"config":{},"layers":[]}"#.to_vec();
     let srv = simple_registry(vec![data.clone(), other.clone()], manifest.clone()).await;
     let (d2, dg) = (data.clone(), digest.clone());
     let mirror = MockServer::start(move |req| {
-        if req.path().ends_with(&dg) {
+        if req.path().ends_with(&dg.to_string()) {
             serve_range(req, &d2)
         } else {
             Reply::status(404)

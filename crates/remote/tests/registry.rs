@@ -9,8 +9,9 @@ use std::process::Command;
 
 use bytes::Bytes;
 use common::*;
-use hologram_remote::{
-    media_types, sha256_digest, BlobSource, Error, Platform, Reference, RegistryBlob,
+use hologram_source::BlobSource;
+use hologram_remote::{Digest, 
+    media_types, Error, Platform, Reference, RegistryBlob,
     RegistryClient,
 };
 
@@ -40,7 +41,7 @@ async fn pulls_image_pushed_by_skopeo() {
     assert_eq!(by_digest, m);
 
     let mj = manifest_json(&m.bytes);
-    assert_eq!(mj["config"]["digest"], summary.config_digest.as_str());
+    assert_eq!(mj["config"]["digest"], summary.config_digest.to_string());
     let config = c
         .fetch_blob(&r, &summary.config_digest, 1 << 20)
         .await
@@ -53,7 +54,7 @@ async fn pulls_image_pushed_by_skopeo() {
     let layers = mj["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 3);
     for (desc, digest) in layers.iter().zip(&summary.layers) {
-        assert_eq!(desc["digest"], digest.as_str());
+        assert_eq!(desc["digest"], digest.to_string());
         let size = desc["size"].as_u64().unwrap();
         let whole = c.fetch_blob(&r, digest, 64 << 20).await.unwrap();
         assert_eq!(whole.len() as u64, size);
@@ -102,7 +103,7 @@ async fn pulls_image_pushed_by_skopeo() {
     // Unknown things.
     let err = c.fetch_manifest(&r.with_tag("nope")).await.unwrap_err();
     assert!(matches!(err, Error::NotFound(_)), "{err}");
-    let missing = sha256_digest(b"not pushed");
+    let missing = Digest::of(b"not pushed");
     assert!(matches!(
         c.fetch_blob(&r, &missing, 1 << 20).await,
         Err(Error::NotFound(_))
@@ -130,12 +131,12 @@ async fn pushes_blobs_and_manifests_and_reads_them_back() {
     let r = Reference::parse(&format!("{}/pushed/app:v1", reg.host)).unwrap();
 
     let layer = Bytes::from(pseudo_random(300_000, 42));
-    let layer_digest = sha256_digest(&layer);
+    let layer_digest = Digest::of(&layer);
     let config = Bytes::from(
         serde_json::json!({"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[layer_digest]}})
             .to_string(),
     );
-    let config_digest = sha256_digest(&config);
+    let config_digest = Digest::of(&config);
     c.push_blob(&r, &layer_digest, layer.clone()).await.unwrap();
     c.push_blob(&r, &layer_digest, layer.clone()).await.unwrap(); // exists: skipped
     c.push_blob(&r, &config_digest, config.clone())
@@ -174,7 +175,7 @@ async fn pushes_blobs_and_manifests_and_reads_them_back() {
         .push_manifest(&r, media_types::OCI_MANIFEST, manifest.clone())
         .await
         .unwrap();
-    assert_eq!(digest, sha256_digest(&manifest));
+    assert_eq!(digest, Digest::of(&manifest));
     let got = c.fetch_manifest(&r).await.unwrap();
     assert_eq!(got.bytes, manifest);
     assert_eq!(got.digest, digest);
@@ -192,7 +193,7 @@ async fn pushes_blobs_and_manifests_and_reads_them_back() {
         digest
     );
     assert_eq!(c.fetch_manifest(&r2).await.unwrap().bytes, manifest);
-    let wrong = r.with_digest(&sha256_digest(b"something else"));
+    let wrong = r.with_digest(&Digest::of(b"something else"));
     let err = c
         .push_manifest(&wrong, media_types::OCI_MANIFEST, manifest.clone())
         .await
@@ -201,11 +202,11 @@ async fn pushes_blobs_and_manifests_and_reads_them_back() {
 
     // A manifest whose blobs are missing is refused by the registry (a 400).
     let r3 = r.with_tag("broken");
-    let missing_layer = sha256_digest(b"never pushed");
+    let missing_layer = Digest::of(b"never pushed");
     let bad = Bytes::from(
         String::from_utf8(manifest.to_vec())
             .unwrap()
-            .replace(&layer_digest, &missing_layer),
+            .replace(&layer_digest.to_string(), &missing_layer.to_string()),
     );
     let err = c
         .push_manifest(&r3, media_types::OCI_MANIFEST, bad)
@@ -236,15 +237,15 @@ async fn index_resolves_to_this_platform() {
     let mut config = manifest_json(&layout_blob(&layout, &summary.config_digest));
     config["architecture"] = other_arch.into();
     let config = Bytes::from(config.to_string());
-    let config_digest = sha256_digest(&config);
+    let config_digest = Digest::of(&config);
     c.push_blob(&base, &config_digest, config.clone())
         .await
         .unwrap();
     let mut other = manifest_json(&layout_blob(&layout, &summary.manifest_digest));
-    other["config"]["digest"] = config_digest.clone().into();
+    other["config"]["digest"] = config_digest.to_string().into();
     other["config"]["size"] = config.len().into();
     let other = Bytes::from(other.to_string());
-    let other_digest = sha256_digest(&other);
+    let other_digest = Digest::of(&other);
     c.push_manifest(
         &base.with_digest(&other_digest),
         media_types::OCI_MANIFEST,
@@ -399,7 +400,7 @@ async fn tls_registry_needs_hosts_toml_ca_or_skip_verify() {
     let work = tempfile::tempdir().unwrap();
     let r = Reference::parse(&format!("{}/tls/repo:t", reg.host)).unwrap();
     let data = Bytes::from(pseudo_random(10_000, 7));
-    let digest = sha256_digest(&data);
+    let digest = Digest::of(&data);
 
     let client_with = |name: &str, extra: &str| {
         let hosts = work.path().join(name);

@@ -131,7 +131,7 @@ mod tests {
 
     fn witness(key: &crate::SigningKey, manifest: &[u8]) -> Envelope {
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(manifest));
+        let digest = hologram_oci::Digest::of(manifest);
         crate::sign(
             key,
             "r/a:1",
@@ -240,7 +240,7 @@ mod tests {
 
         // The loaded witnesses verify like any other.
         let now = UNIX_EPOCH + Duration::from_secs(1_700_000_100);
-        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"manifest a"));
+        let digest = hologram_oci::Digest::of(b"manifest a");
         let v = crate::verify_any(
             got_a,
             &[key.public()],

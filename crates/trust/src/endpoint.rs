@@ -101,7 +101,7 @@ mod tests {
         let env = crate::sign(
             &key,
             "r/a:1",
-            &"cd".repeat(32),
+            &hologram_oci::Digest::from_bytes([0xcd; 32]),
             &uor,
             t,
             t + Duration::from_secs(60),

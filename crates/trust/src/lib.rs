@@ -18,13 +18,13 @@
 //! use hologram_trust::{sign, verify, SigningKey, UorId};
 //!
 //! let manifest = br#"{"schemaVersion":2}"#;
-//! let digest = "sha256:9d5d1eb0ba1b7e4a7e3e5ee1b1c4e52ff1a4ddbd7e8e4d8b4b8b3e1a2f0a6c1d";
+//! let digest = hologram_oci::Digest::of(manifest);
 //! let uor = UorId::of(manifest);
 //! let key = SigningKey::generate();
 //! let now = SystemTime::now();
-//! let env = sign(&key, "example.com/app:1", digest, &uor, now, now + Duration::from_secs(3600),
+//! let env = sign(&key, "example.com/app:1", &digest, &uor, now, now + Duration::from_secs(3600),
 //!                "ci", serde_json::Value::Null)?;
-//! let ok = verify(&env, &[key.public()], digest, &uor, now)?;
+//! let ok = verify(&env, &[key.public()], &digest, &uor, now)?;
 //! assert_eq!(ok.uor_id, uor);
 //! # Ok::<(), hologram_trust::TrustError>(())
 //! ```
@@ -34,7 +34,6 @@ pub mod endpoint;
 mod error;
 mod keys;
 mod policy;
-pub mod time;
 mod uor;
 mod witness;
 

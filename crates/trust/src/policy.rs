@@ -84,7 +84,7 @@ mod tests {
     fn verified() -> Verified {
         Verified {
             uor_id: UorId::of(b"x"),
-            manifest_digest: format!("sha256:{}", "00".repeat(32)),
+            manifest_digest: hologram_oci::Digest::from_bytes([0; 32]),
             issued_at: UNIX_EPOCH,
             expires_at: UNIX_EPOCH,
             keyid: "k".to_string(),

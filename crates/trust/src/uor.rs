@@ -117,11 +117,6 @@ impl UorId {
     pub fn verify(&self, bytes: &[u8]) -> bool {
         UorId::of(bytes) == *self
     }
-
-    /// The digest as 64 lowercase hex digits.
-    pub fn digest_hex(&self) -> String {
-        hex::encode(self.digest)
-    }
 }
 
 fn lower_hex_value(b: u8) -> Option<u8> {

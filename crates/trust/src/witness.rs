@@ -18,7 +18,8 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::time::{format_rfc3339, parse_rfc3339};
+use hologram_oci::time::{format_rfc3339, parse_rfc3339};
+use hologram_oci::Digest;
 use crate::{PublicKey, SigningKey, TrustError, UorId};
 
 /// The DSSE payloadType of a witness.
@@ -95,18 +96,18 @@ pub struct Predicate {
 }
 
 impl Statement {
-    /// The statement a witness for this image makes. `manifest_digest` is
-    /// `sha256:<hex>` or bare hex; times are written in whole UTC seconds.
+    /// The statement a witness for this image makes; times are written in
+    /// whole UTC seconds.
     pub fn for_image(
         image_ref: &str,
-        manifest_digest: &str,
+        manifest_digest: &Digest,
         uor: &UorId,
         issued_at: SystemTime,
         expires_at: SystemTime,
         witness_type: &str,
         metadata: serde_json::Value,
     ) -> Result<Statement, TrustError> {
-        let hex = manifest_sha256_hex(manifest_digest)?;
+        let hex = manifest_digest.hex();
         let issued = format_rfc3339(issued_at);
         let expires = format_rfc3339(expires_at);
         // Compare what is written (whole seconds), not the inputs.
@@ -242,7 +243,7 @@ pub fn sign_payload(key: &SigningKey, payload_type: &str, payload: &[u8]) -> Env
 pub fn sign(
     key: &SigningKey,
     image_ref: &str,
-    manifest_digest: &str,
+    manifest_digest: &Digest,
     uor: &UorId,
     issued_at: SystemTime,
     expires_at: SystemTime,
@@ -267,8 +268,7 @@ pub fn sign(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     pub uor_id: UorId,
-    /// `sha256:<hex>`.
-    pub manifest_digest: String,
+    pub manifest_digest: Digest,
     pub issued_at: SystemTime,
     pub expires_at: SystemTime,
     /// The id of the trusted key whose signature verified.
@@ -278,18 +278,17 @@ pub struct Verified {
 
 /// Verifies a witness locally. In order: the payloadType; at least one
 /// signature over the PAE by a `trusted` key; the statement and predicate
-/// types; a subject with `sha256` = `manifest_digest` (`sha256:<hex>` or
-/// hex); the predicate's UOR-ID = `uor`; `issued_at` not after
+/// types; a subject whose `sha256` is `manifest_digest`'s 64 lowercase hex
+/// digits; the predicate's UOR-ID = `uor`; `issued_at` not after
 /// `now` + [`CLOCK_SKEW`]; `now` before `expires_at`. The statement is only
 /// parsed after a signature verified.
 pub fn verify(
     env: &Envelope,
     trusted: &[PublicKey],
-    manifest_digest: &str,
+    manifest_digest: &Digest,
     uor: &UorId,
     now: SystemTime,
 ) -> Result<Verified, TrustError> {
-    let expected_hex = manifest_sha256_hex(manifest_digest)?;
     if env.payload_type != PAYLOAD_TYPE {
         return Err(TrustError::WrongPayloadType {
             expected: PAYLOAD_TYPE.to_string(),
@@ -310,9 +309,12 @@ pub fn verify(
         .iter()
         .filter_map(|s| s.digest.get("sha256").map(String::as_str))
         .collect();
-    if !found.iter().any(|d| d.eq_ignore_ascii_case(&expected_hex)) {
+    if !found
+        .iter()
+        .any(|d| Digest::parse_hex(d).ok().as_ref() == Some(manifest_digest))
+    {
         return Err(TrustError::WrongSubject {
-            expected: expected_hex,
+            expected: manifest_digest.hex(),
             found: if found.is_empty() {
                 "no sha256 subject".to_string()
             } else {
@@ -359,7 +361,7 @@ pub fn verify(
 
     Ok(Verified {
         uor_id: witnessed,
-        manifest_digest: format!("sha256:{}", expected_hex),
+        manifest_digest: *manifest_digest,
         issued_at,
         expires_at,
         keyid,
@@ -375,7 +377,7 @@ pub fn verify(
 pub fn verify_any(
     envs: &[Envelope],
     trusted: &[PublicKey],
-    manifest_digest: &str,
+    manifest_digest: &Digest,
     uor: &UorId,
     now: SystemTime,
 ) -> Result<Verified, TrustError> {
@@ -462,18 +464,6 @@ fn check_signatures(
     }
 }
 
-/// `sha256:<hex>` or `<hex>` → lowercase hex, or why not.
-fn manifest_sha256_hex(digest: &str) -> Result<String, TrustError> {
-    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(hex.to_ascii_lowercase())
-    } else {
-        Err(TrustError::Malformed(format!(
-            "manifest digest {digest:?} is not sha256:<64 hex digits>"
-        )))
-    }
-}
-
 /// DSSE allows standard or URL-safe base64, padded or not.
 fn decode_base64(s: &str) -> Option<Vec<u8>> {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
@@ -493,11 +483,8 @@ mod tests {
     const MANIFEST: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#;
     const REF: &str = "registry.example/app:1";
 
-    fn digest() -> String {
-        format!(
-            "sha256:{}",
-            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(MANIFEST))
-        )
+    fn digest() -> Digest {
+        Digest::of(MANIFEST)
     }
     fn issued() -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_700_000_000)
@@ -563,9 +550,6 @@ mod tests {
         assert_eq!(v.expires_at, expires());
         assert_eq!(v.keyid, key.public().keyid());
         assert_eq!(v.witness_type, "ci");
-        // Bare hex digest works too.
-        let bare = digest().trim_start_matches("sha256:").to_string();
-        assert!(verify(&env, &[key.public()], &bare, &uor(), now()).is_ok());
 
         // Through JSON, with DSSE's field names.
         let json = env.to_json_pretty();
@@ -584,7 +568,7 @@ mod tests {
         assert_eq!(st["subject"][0]["name"], REF);
         assert_eq!(
             st["subject"][0]["digest"]["sha256"],
-            digest().trim_start_matches("sha256:")
+            digest().hex()
         );
         assert_eq!(st["predicate"]["uor_id"], uor().to_string());
         assert_eq!(st["predicate"]["issued_at"], "2023-11-14T22:13:20Z");
@@ -709,12 +693,12 @@ mod tests {
     fn wrong_subject() {
         let key = SigningKey::generate();
         let env = witness(&key);
-        let other = format!("sha256:{}", "ab".repeat(32));
+        let other = Digest::from_bytes([0xab; 32]);
         let err = verify(&env, &[key.public()], &other, &uor(), now()).unwrap_err();
         match &err {
             TrustError::WrongSubject { expected, found } => {
                 assert_eq!(expected, &"ab".repeat(32));
-                assert_eq!(found, &digest());
+                assert_eq!(found, &digest().to_string());
             }
             e => panic!("{e}"),
         }
@@ -828,11 +812,14 @@ mod tests {
             Err(TrustError::Malformed(_))
         ));
 
-        // A bad manifest digest from the caller.
-        let env = witness(&key);
+        // A subject digest in uppercase hex is not the manifest's digest.
+        let mut st = statement();
+        st.subject[0].digest =
+            BTreeMap::from([("sha256".to_string(), digest().hex().to_uppercase())]);
+        let env = sign_payload(&key, PAYLOAD_TYPE, &serde_json::to_vec(&st).unwrap());
         assert!(matches!(
-            verify(&env, &[key.public()], "sha256:abc", &uor(), now()),
-            Err(TrustError::Malformed(_))
+            check(&env, &key.public()),
+            Err(TrustError::WrongSubject { .. })
         ));
         assert!(Envelope::from_json(b"{\"payload\": 1}").is_err());
     }
@@ -843,17 +830,6 @@ mod tests {
         let d = digest();
         let u = uor();
         let meta = serde_json::Value::Null;
-        assert!(sign(
-            &key,
-            REF,
-            "md5:abc",
-            &u,
-            issued(),
-            expires(),
-            "ci",
-            meta.clone()
-        )
-        .is_err());
         assert!(sign(&key, REF, &d, &u, issued(), issued(), "ci", meta.clone()).is_err());
         // Less than a whole second apart: equal once written.
         let almost = issued() + Duration::from_millis(500);

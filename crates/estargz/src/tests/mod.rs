@@ -103,8 +103,8 @@ pub(crate) fn gzip(data: &[u8]) -> Vec<u8> {
     enc.finish().unwrap()
 }
 
-pub(crate) fn sha(data: &[u8]) -> String {
-    crate::digest::sha256_of(data)
+pub(crate) fn sha(data: &[u8]) -> hologram_oci::Digest {
+    hologram_oci::Digest::of(data)
 }
 
 pub(crate) fn testdata(name: &str) -> std::path::PathBuf {
@@ -118,7 +118,7 @@ pub(crate) fn testdata(name: &str) -> std::path::PathBuf {
 pub(crate) fn read_file(idx: &Index, ino: u64, blob: &[u8]) -> Vec<u8> {
     let node = idx.node(ino).unwrap();
     let mut out = Vec::new();
-    for c in &node.chunks {
+    for c in idx.chunks(node) {
         assert_eq!(c.file_offset, out.len() as u64);
         let start = c.blob_offset as usize;
         let end = (c.blob_offset + c.blob_len) as usize;
@@ -131,8 +131,8 @@ pub(crate) fn read_file(idx: &Index, ino: u64, blob: &[u8]) -> Vec<u8> {
 /// Footer, TOC and index of a whole blob.
 pub(crate) fn open_blob(
     blob: &[u8],
-    expected_toc_digest: Option<&str>,
-) -> (Toc, String, Index, u64) {
+    expected_toc_digest: Option<&hologram_oci::Digest>,
+) -> (Toc, hologram_oci::Digest, Index, u64) {
     let footer_start = blob.len() - crate::FOOTER_SIZE as usize;
     let toc_offset = crate::parse_footer(&blob[footer_start..]).unwrap();
     let (toc, digest) = crate::decode_toc(

@@ -67,18 +67,6 @@ fn digest_mismatch() {
         }
         r => panic!("expected a digest mismatch, got {r:?}"),
     }
-    for bad in [
-        "",
-        "sha256:abc",
-        "md5:00",
-        &other.to_uppercase(),
-        &other.replace("sha256", "sha512"),
-    ] {
-        assert!(
-            matches!(decode_toc(&m, Some(bad)), Err(Error::BadDigest { .. })),
-            "{bad:?} accepted"
-        );
-    }
 }
 
 #[test]

@@ -412,9 +412,9 @@ impl Drop for Registry {
 /// mkimage.py's summary.
 #[derive(Debug, serde::Deserialize)]
 pub struct ImageSummary {
-    pub manifest_digest: String,
-    pub config_digest: String,
-    pub layers: Vec<String>,
+    pub manifest_digest: hologram_remote::Digest,
+    pub config_digest: hologram_remote::Digest,
+    pub layers: Vec<hologram_remote::Digest>,
 }
 
 /// Builds the 3-layer test image and pushes it with skopeo to
@@ -455,7 +455,6 @@ pub fn push_test_image(host: &str, repo: &str, tag: &str, work: &Path) -> (Image
 }
 
 /// Reads a blob from an OCI layout.
-pub fn layout_blob(layout: &Path, digest: &str) -> Vec<u8> {
-    let hex = digest.strip_prefix("sha256:").unwrap();
-    std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()
+pub fn layout_blob(layout: &Path, digest: &hologram_remote::Digest) -> Vec<u8> {
+    std::fs::read(layout.join("blobs/sha256").join(digest.hex())).unwrap()
 }
