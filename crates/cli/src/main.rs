@@ -86,6 +86,17 @@ enum Command {
         snapshotter: String,
         #[command(flatten)]
         registry: RegistryArgs,
+        /// The hologram-snapshotter's socket: asked directly when a layer's
+        /// chain is served by another image's bytes, to wait for their check
+        #[arg(
+            long,
+            env = "HOLOGRAM_SNAPSHOTTER_ADDRESS",
+            default_value = "/run/hologram-snapshotter/hologram.sock"
+        )]
+        snapshotter_socket: PathBuf,
+        /// Seconds to wait for that check
+        #[arg(long, default_value_t = 300)]
+        check_timeout: u64,
         /// Image reference
         reference: String,
     },
@@ -166,6 +177,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pull {
             snapshotter,
             registry,
+            snapshotter_socket,
+            check_timeout,
             reference,
         } => {
             let args = pull::PullArgs {
@@ -174,6 +187,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 snapshotter,
                 registry: registry.config(),
                 reference,
+                snapshotter_socket,
+                check_timeout: std::time::Duration::from_secs(check_timeout),
             };
             let summary = runtime()?.block_on(pull::pull(&args))?;
             println!("{summary}");

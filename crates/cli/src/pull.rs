@@ -2,21 +2,29 @@
 //! containerd's own unpacker does it, but with the layer labels a remote
 //! snapshotter needs (plain `ctr pull` passes none, so it can never be lazy).
 //!
-//! 1. resolve the reference in the registry (platform manifest, config);
-//! 2. under a lease, store index/manifest/config in containerd's content
-//!    store with the GC labels containerd's own pull sets;
-//! 3. for each layer, Prepare on the snapshotter with `snapshot.ref` = chain
-//!    ID plus the CRI layer labels (and the layer's `containerd.io/snapshot/`
-//!    annotations, e.g. the eStargz TOC digest). AlreadyExists = mounted
-//!    lazily. Mounts = the snapshotter could not: fetch the layer (streamed,
-//!    digest-checked), apply it with containerd's diff service, check the
-//!    diff ID, commit — and say so in the summary;
-//! 4. label the config with the snapshot GC root and create the image record.
+//! 1. [`resolve`]: the reference in the registry (platform manifest, config),
+//!    typed and checked (every digest strict, one diff ID per layer);
+//! 2. under a lease, [`store_documents`]: index/manifest/config into
+//!    containerd's content store with the GC labels containerd's own pull
+//!    sets;
+//! 3. for each layer, [`Puller::layer`]: Prepare on the snapshotter with
+//!    `snapshot.ref` = chain ID plus the CRI layer labels (set after the
+//!    layer's own `containerd.io/snapshot/` annotations, so an image cannot
+//!    redirect them). AlreadyExists = mounted lazily. Mounts = the
+//!    snapshotter could not: fetch the layer (streamed, digest-checked),
+//!    apply it with containerd's diff service, check the diff ID, commit —
+//!    and say so in the summary;
+//! 4. [`record_image`]: the config labelled with the snapshot GC root, and
+//!    the image record.
+//!
+//! A chain already present but served by another image's bytes (two images
+//! claiming one diff ID) is not taken on trust: see [`Puller::present`].
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context as _};
+use bytes::Bytes;
 use hologram_api::content::{
     content_client::ContentClient, Info, UpdateRequest, WriteAction, WriteContentRequest,
 };
@@ -29,26 +37,20 @@ use hologram_api::snapshots::{
     snapshots_client::SnapshotsClient, CommitSnapshotRequest, PrepareSnapshotRequest,
     RemoveSnapshotRequest, StatSnapshotRequest,
 };
-use hologram_api::types::Descriptor;
-use hologram_remote::{Reference, RegistryClient, RegistryConfig};
-use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
+use hologram_api::types::Descriptor as PbDescriptor;
+use hologram_oci::{labels, Descriptor, Digest, ImageConfig, ImageManifest, Reference};
+use hologram_remote::{Manifest, RegistryClient, RegistryConfig};
 use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::progress::Progress;
 
-/// Labels a remote snapshotter reads (containerd's `snapshotters` package).
-const LABEL_SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
-const LABEL_IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
-const LABEL_LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
-const LABEL_MANIFEST_DIGEST: &str = "containerd.io/snapshot/cri.manifest-digest";
-const LABEL_IMAGE_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
-const TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
 /// containerd's label size limit (key + value).
 const MAX_LABEL: usize = 4096;
 /// Streamed layer downloads go in pieces of this size.
 const PIECE: u64 = 4 * 1024 * 1024;
+/// Largest image config accepted.
+const MAX_CONFIG: u64 = 4 * 1024 * 1024;
 
 /// What to pull and where.
 #[derive(Debug, Clone)]
@@ -58,6 +60,11 @@ pub struct PullArgs {
     pub snapshotter: String,
     pub registry: RegistryConfig,
     pub reference: String,
+    /// The snapshotter's own socket, to watch the check of a chain another
+    /// image's bytes serve.
+    pub snapshotter_socket: std::path::PathBuf,
+    /// How long to wait for that check.
+    pub check_timeout: Duration,
 }
 
 /// What happened, for the summary line (and tests).
@@ -115,63 +122,13 @@ fn human(n: u64) -> String {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct DescriptorDoc {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    size: i64,
-    #[serde(default)]
-    annotations: HashMap<String, String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ManifestDoc {
-    config: DescriptorDoc,
-    #[serde(default)]
-    layers: Vec<DescriptorDoc>,
-}
-
-#[derive(Debug, Deserialize)]
-struct IndexDoc {
-    #[serde(default)]
-    manifests: Vec<DescriptorDoc>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RootFs {
-    #[serde(default)]
-    diff_ids: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ConfigDoc {
-    rootfs: RootFs,
-}
-
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
-
-/// containerd's chain IDs: `chain[0] = diff[0]`; `chain[i] = H(chain[i-1] + " " + diff[i])`.
-pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
-    for d in diff_ids {
-        let next = match out.last() {
-            None => d.clone(),
-            Some(prev) => sha256(format!("{prev} {d}").as_bytes()),
-        };
-        out.push(next);
-    }
-    out
-}
-
 /// The CRI `image-layers` label: this and the following layer digests,
 /// comma-separated, cut to containerd's label size ("skipping layers is allowed").
-pub fn image_layers_label(digests: &[String]) -> String {
-    let budget = MAX_LABEL - LABEL_IMAGE_LAYERS.len();
+pub fn image_layers_label(digests: &[Digest]) -> String {
+    let budget = MAX_LABEL - labels::CRI_IMAGE_LAYERS.len();
     let mut out = String::new();
     for d in digests {
+        let d = d.to_string();
         let extra = if out.is_empty() { d.len() } else { d.len() + 1 };
         if out.len() + extra > budget {
             break;
@@ -179,9 +136,100 @@ pub fn image_layers_label(digests: &[String]) -> String {
         if !out.is_empty() {
             out.push(',');
         }
-        out.push_str(d);
+        out.push_str(&d);
     }
     out
+}
+
+/// The labels of a layer's Prepare: the layer's own `containerd.io/snapshot/`
+/// annotations (stargz-snapshotter reads its TOC digest from them), then the
+/// labels this client resolved, which no annotation can override; keys only
+/// the snapshotter may write are dropped.
+pub fn layer_labels(image: &Resolved, i: usize) -> HashMap<String, String> {
+    let mut l: HashMap<String, String> = HashMap::new();
+    let Some(layer) = image.doc.layers.get(i) else {
+        return l;
+    };
+    for (k, v) in &layer.annotations {
+        if k.starts_with(labels::INHERITED_PREFIX)
+            && !labels::is_reserved(k)
+            && k.len() + v.len() <= MAX_LABEL
+        {
+            l.insert(k.clone(), v.clone());
+        }
+    }
+    let ours = [
+        (labels::SNAPSHOT_REF, image.chains[i].to_string()),
+        (labels::CRI_IMAGE_REF, image.name.clone()),
+        (labels::CRI_LAYER_DIGEST, layer.digest.to_string()),
+        (
+            labels::CRI_MANIFEST_DIGEST,
+            image.manifest.digest.to_string(),
+        ),
+        (
+            labels::CRI_IMAGE_LAYERS,
+            image_layers_label(&image.layer_digests()[i..]),
+        ),
+    ];
+    for k in [
+        labels::STARGZ_REFERENCE,
+        labels::STARGZ_DIGEST,
+        labels::STARGZ_LAYERS,
+    ] {
+        l.remove(k);
+    }
+    for (k, v) in ours {
+        l.insert(k.to_owned(), v);
+    }
+    l
+}
+
+/// An image as resolved in the registry, typed and checked.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub reference: Reference,
+    pub name: String,
+    pub index: Option<Manifest>,
+    pub manifest: Manifest,
+    pub doc: ImageManifest,
+    pub config: Bytes,
+    pub diff_ids: Vec<Digest>,
+    pub chains: Vec<Digest>,
+}
+
+impl Resolved {
+    fn layer_digests(&self) -> Vec<Digest> {
+        self.doc.layers.iter().map(|l| l.digest).collect()
+    }
+}
+
+/// Step 1: the platform manifest and config of `reference`.
+pub async fn resolve(registry: &RegistryClient, reference: &Reference) -> anyhow::Result<Resolved> {
+    let name = reference.to_string();
+    let (index, manifest) = registry
+        .resolve_platform(reference)
+        .await
+        .with_context(|| format!("resolving {name}"))?;
+    let doc =
+        ImageManifest::parse(&manifest.bytes).with_context(|| format!("the manifest of {name}"))?;
+    let config = registry
+        .fetch_blob(reference, &doc.config.digest, MAX_CONFIG)
+        .await
+        .context("fetching the image config")?;
+    let diff_ids = ImageConfig::parse_for(&config, &doc)
+        .with_context(|| format!("the config of {name}"))?
+        .rootfs
+        .diff_ids;
+    Ok(Resolved {
+        reference: reference.clone(),
+        name,
+        chains: hologram_oci::chain_ids(&diff_ids),
+        diff_ids,
+        index,
+        manifest,
+        doc,
+        config,
+    })
 }
 
 /// A containerd API client with a namespace and (once created) a lease on
@@ -206,10 +254,35 @@ impl Ctd {
         Ok(r)
     }
 
+    /// Creates a lease that expires on its own (if this process dies) and
+    /// puts every following request under it.
+    async fn take_lease(&mut self) -> anyhow::Result<String> {
+        let lease_id = format!("hologram-pull-{}", nanos());
+        let expire =
+            hologram_oci::time::format_rfc3339(SystemTime::now() + Duration::from_secs(3600));
+        LeasesClient::new(self.channel.clone())
+            .create(self.req(CreateRequest {
+                id: lease_id.clone(),
+                labels: HashMap::from([("containerd.io/gc.expire".to_owned(), expire)]),
+            })?)
+            .await
+            .context("creating a lease")?;
+        self.lease = Some(lease_id.clone());
+        Ok(lease_id)
+    }
+
+    /// Drops the lease (the image record and GC labels hold everything now).
+    async fn release_lease(&mut self, id: String) {
+        self.lease = None;
+        if let Ok(req) = self.req(DeleteRequest { id, sync: false }) {
+            let _ = LeasesClient::new(self.channel.clone()).delete(req).await;
+        }
+    }
+
     /// Writes a small blob as content `digest` (skipped if present).
     async fn write_content(
         &self,
-        digest: &str,
+        digest: &Digest,
         data: Vec<u8>,
         labels: HashMap<String, String>,
     ) -> anyhow::Result<()> {
@@ -218,7 +291,7 @@ impl Ctd {
             action: WriteAction::Commit as i32,
             r#ref: format!("hologram-pull-{digest}"),
             total,
-            expected: digest.to_owned(),
+            expected: digest.to_string(),
             offset: 0,
             data,
             labels,
@@ -230,7 +303,7 @@ impl Ctd {
     /// Runs one content Write stream to its end.
     async fn write_stream(
         &self,
-        digest: &str,
+        digest: &Digest,
         stream: impl tokio_stream::Stream<Item = WriteContentRequest> + Send + 'static,
     ) -> anyhow::Result<()> {
         let mut client = ContentClient::new(self.channel.clone());
@@ -250,10 +323,10 @@ impl Ctd {
         }
     }
 
-    async fn label_content(&self, digest: &str, key: &str, value: &str) -> anyhow::Result<()> {
+    async fn label_content(&self, digest: &Digest, key: &str, value: &str) -> anyhow::Result<()> {
         let mut client = ContentClient::new(self.channel.clone());
         let info = Info {
-            digest: digest.to_owned(),
+            digest: digest.to_string(),
             labels: HashMap::from([(key.to_owned(), value.to_owned())]),
             ..Default::default()
         };
@@ -270,38 +343,20 @@ impl Ctd {
     }
 }
 
-fn desc(d: &DescriptorDoc) -> Descriptor {
-    Descriptor {
-        media_type: d.media_type.clone(),
-        digest: d.digest.clone(),
-        size: d.size,
-        annotations: d.annotations.clone(),
-    }
+fn nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // civil from days (Howard Hinnant's algorithm)
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+fn pb_desc(d: &Descriptor) -> PbDescriptor {
+    PbDescriptor {
+        media_type: d.media_type.clone(),
+        digest: d.digest.to_string(),
+        size: i64::try_from(d.size).unwrap_or(i64::MAX),
+        annotations: d.annotations.clone().into_iter().collect(),
+    }
 }
 
 /// Runs the pull; prints progress on a terminal; returns the summary.
@@ -309,455 +364,519 @@ pub async fn pull(args: &PullArgs) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let reference = Reference::parse(&args.reference)
         .with_context(|| format!("invalid reference {:?}", args.reference))?;
-    let image_name = reference.to_string();
     let registry =
         RegistryClient::new(args.registry.clone()).context("cannot set up the registry client")?;
-    let (index, manifest) = registry
-        .resolve_platform(&reference)
-        .await
-        .with_context(|| format!("resolving {image_name}"))?;
-    let mdoc: ManifestDoc =
-        serde_json::from_slice(&manifest.bytes).context("the manifest is not an image manifest")?;
-    let config = registry
-        .fetch_blob(&reference, &mdoc.config.digest, 64 * 1024 * 1024)
-        .await
-        .context("fetching the image config")?;
-    let cdoc: ConfigDoc =
-        serde_json::from_slice(&config).context("the image config is not valid JSON")?;
-    if cdoc.rootfs.diff_ids.len() != mdoc.layers.len() {
-        bail!(
-            "image config lists {} diff IDs for {} layers",
-            cdoc.rootfs.diff_ids.len(),
-            mdoc.layers.len()
-        );
-    }
-    let chains = chain_ids(&cdoc.rootfs.diff_ids);
+    let image = resolve(&registry, &reference).await?;
     let mut sum = Summary {
-        image: image_name.clone(),
-        manifest_digest: manifest.digest.clone(),
-        layers: mdoc.layers.len(),
-        image_bytes: mdoc
-            .layers
-            .iter()
-            .map(|l| u64::try_from(l.size).unwrap_or(0))
-            .sum(),
-        bytes_fetched: (manifest.bytes.len()
-            + config.len()
-            + index.as_ref().map_or(0, |i| i.bytes.len())) as u64,
+        image: image.name.clone(),
+        manifest_digest: image.manifest.digest.to_string(),
+        layers: image.doc.layers.len(),
+        image_bytes: image.doc.layers.iter().map(|l| l.size).sum(),
+        bytes_fetched: (image.manifest.bytes.len()
+            + image.config.len()
+            + image.index.as_ref().map_or(0, |i| i.bytes.len())) as u64,
         ..Summary::default()
     };
-
     let channel = hologram_api::connect_unix(&args.address)
         .await
         .with_context(|| format!("cannot connect to containerd at {}", args.address.display()))?;
     let mut ctd = Ctd {
-        channel: channel.clone(),
+        channel,
         namespace: args.namespace.clone(),
         lease: None,
     };
-    let lease_id = format!(
-        "hologram-pull-{}",
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
-    let expire = rfc3339(SystemTime::now() + Duration::from_secs(3600));
-    LeasesClient::new(channel.clone())
-        .create(ctd.req(CreateRequest {
-            id: lease_id.clone(),
-            labels: HashMap::from([("containerd.io/gc.expire".to_owned(), expire)]),
-        })?)
-        .await
-        .context("creating a lease")?;
-    ctd.lease = Some(lease_id.clone());
-
-    let bar = Progress::layers(mdoc.layers.len());
-    let result = unpack(
-        &ctd,
-        &registry,
-        &reference,
+    let lease = ctd.take_lease().await?;
+    let bar = Progress::layers(image.doc.layers.len());
+    let result = Puller {
+        ctd: &ctd,
+        registry: &registry,
+        image: &image,
         args,
-        &mdoc,
-        &manifest,
-        index.as_ref(),
-        &config,
-        &chains,
-        &cdoc,
-        &mut sum,
-        &bar,
-    )
+        bar: &bar,
+    }
+    .run(&mut sum)
     .await;
     bar.finish();
-
-    // The image record and GC labels now hold everything; drop the lease.
-    let mut plain = Ctd {
-        channel: channel.clone(),
-        namespace: args.namespace.clone(),
-        lease: None,
-    };
-    plain.lease = None;
-    let _ = LeasesClient::new(channel)
-        .delete(plain.req(DeleteRequest {
-            id: lease_id,
-            sync: false,
-        })?)
-        .await;
+    ctd.release_lease(lease).await;
     result?;
     sum.elapsed = started.elapsed();
     Ok(sum)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn unpack(
-    ctd: &Ctd,
-    registry: &RegistryClient,
-    reference: &Reference,
-    args: &PullArgs,
-    mdoc: &ManifestDoc,
-    manifest: &hologram_remote::Manifest,
-    index: Option<&hologram_remote::Manifest>,
-    config: &[u8],
-    chains: &[String],
-    cdoc: &ConfigDoc,
-    sum: &mut Summary,
-    bar: &Progress,
-) -> anyhow::Result<()> {
-    let say = |msg: String| bar.layer_done(msg);
-    // content: config, manifest (GC refs to config and layers), index
-    ctd.write_content(&mdoc.config.digest, config.to_vec(), HashMap::new())
-        .await?;
-    let mut mlabels = HashMap::from([(
-        "containerd.io/gc.ref.content.config".to_owned(),
-        mdoc.config.digest.clone(),
-    )]);
-    for (i, l) in mdoc.layers.iter().enumerate() {
-        mlabels.insert(
-            format!("containerd.io/gc.ref.content.l.{i}"),
-            l.digest.clone(),
-        );
+/// One pull in progress.
+struct Puller<'a> {
+    ctd: &'a Ctd,
+    registry: &'a RegistryClient,
+    image: &'a Resolved,
+    args: &'a PullArgs,
+    bar: &'a Progress,
+}
+
+impl Puller<'_> {
+    async fn run(&self, sum: &mut Summary) -> anyhow::Result<()> {
+        self.store_documents().await?;
+        for i in 0..self.image.doc.layers.len() {
+            self.layer(i, sum).await?;
+        }
+        self.record_image().await
     }
-    let mlen = i64::try_from(manifest.bytes.len()).unwrap_or(i64::MAX);
-    ctd.write_content(&manifest.digest, manifest.bytes.to_vec(), mlabels)
+
+    /// Step 2: config, manifest (GC refs to config and layers), index.
+    async fn store_documents(&self) -> anyhow::Result<()> {
+        let (ctd, image) = (self.ctd, self.image);
+        ctd.write_content(
+            &image.doc.config.digest,
+            image.config.to_vec(),
+            HashMap::new(),
+        )
         .await?;
-    let target = match index {
-        Some(ix) => {
-            let idoc: IndexDoc =
-                serde_json::from_slice(&ix.bytes).context("the index is not valid JSON")?;
-            let labels = idoc
+        let mut mlabels = HashMap::from([(
+            "containerd.io/gc.ref.content.config".to_owned(),
+            image.doc.config.digest.to_string(),
+        )]);
+        for (i, l) in image.doc.layers.iter().enumerate() {
+            mlabels.insert(
+                format!("containerd.io/gc.ref.content.l.{i}"),
+                l.digest.to_string(),
+            );
+        }
+        ctd.write_content(
+            &image.manifest.digest,
+            image.manifest.bytes.to_vec(),
+            mlabels,
+        )
+        .await?;
+        if let Some(ix) = &image.index {
+            let doc = hologram_oci::ImageIndex::parse(&ix.bytes).context("the image index")?;
+            let labels = doc
                 .manifests
                 .iter()
                 .enumerate()
                 .map(|(i, m)| {
                     (
                         format!("containerd.io/gc.ref.content.m.{i}"),
-                        m.digest.clone(),
+                        m.digest.to_string(),
                     )
                 })
                 .collect();
-            let ilen = i64::try_from(ix.bytes.len()).unwrap_or(i64::MAX);
             ctd.write_content(&ix.digest, ix.bytes.to_vec(), labels)
                 .await?;
-            Descriptor {
-                media_type: ix.media_type.clone(),
-                digest: ix.digest.clone(),
-                size: ilen,
-                annotations: HashMap::new(),
-            }
         }
-        None => Descriptor {
-            media_type: manifest.media_type.clone(),
-            digest: manifest.digest.clone(),
-            size: mlen,
-            annotations: HashMap::new(),
-        },
-    };
+        Ok(())
+    }
 
-    let mut snaps = SnapshotsClient::new(ctd.channel.clone());
-    let layer_digests: Vec<String> = mdoc.layers.iter().map(|l| l.digest.clone()).collect();
-    for (i, layer) in mdoc.layers.iter().enumerate() {
-        let chain = &chains[i];
-        let parent = if i == 0 {
-            String::new()
-        } else {
-            chains[i - 1].clone()
+    /// Step 3, one layer: present, mounted lazily, or unpacked here.
+    async fn layer(&self, i: usize, sum: &mut Summary) -> anyhow::Result<()> {
+        let layer = &self.image.doc.layers[i];
+        let n = self.image.doc.layers.len();
+        let say = |what: String| {
+            self.bar
+                .layer_done(format!("layer {}/{n} {}: {what}", i + 1, layer.digest))
         };
-        let stat = snaps
-            .stat(ctd.req(StatSnapshotRequest {
-                snapshotter: args.snapshotter.clone(),
-                key: chain.clone(),
-            })?)
-            .await;
-        if stat.is_ok() {
+        if self.present(i).await? {
             sum.present += 1;
-            say(format!(
-                "layer {}/{} {}: already present",
-                i + 1,
-                sum.layers,
-                layer.digest
-            ));
-            continue;
+            say("already present".into());
+            return Ok(());
         }
-        let mut labels = HashMap::from([
-            (LABEL_SNAPSHOT_REF.to_owned(), chain.clone()),
-            (LABEL_IMAGE_REF.to_owned(), sum.image.clone()),
-            (LABEL_LAYER_DIGEST.to_owned(), layer.digest.clone()),
-            (LABEL_MANIFEST_DIGEST.to_owned(), manifest.digest.clone()),
-            (
-                LABEL_IMAGE_LAYERS.to_owned(),
-                image_layers_label(&layer_digests[i..]),
-            ),
-        ]);
-        for (k, v) in &layer.annotations {
-            if k.starts_with("containerd.io/snapshot/") && k.len() + v.len() <= MAX_LABEL {
-                labels.insert(k.clone(), v.clone());
-            }
-        }
-        let key = format!(
-            "extract-{}-{i} {chain}",
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        );
+        let chain = self.image.chains[i].to_string();
+        let parent = i
+            .checked_sub(1)
+            .map(|p| self.image.chains[p].to_string())
+            .unwrap_or_default();
+        let key = format!("extract-{}-{i} {chain}", nanos());
+        let mut snaps = SnapshotsClient::new(self.ctd.channel.clone());
         let prepared = snaps
-            .prepare(ctd.req(PrepareSnapshotRequest {
-                snapshotter: args.snapshotter.clone(),
+            .prepare(self.ctd.req(PrepareSnapshotRequest {
+                snapshotter: self.args.snapshotter.clone(),
                 key: key.clone(),
-                parent: parent.clone(),
-                labels: labels.clone(),
+                parent,
+                labels: layer_labels(self.image, i),
             })?)
             .await;
         let mounts = match prepared {
             Err(e) if e.code() == Code::AlreadyExists => {
                 sum.lazy += 1;
-                say(format!(
-                    "layer {}/{} {}: mounted lazily",
-                    i + 1,
-                    sum.layers,
-                    layer.digest
-                ));
-                continue;
+                say("mounted lazily".into());
+                return Ok(());
             }
             Err(e) => return Err(e).with_context(|| format!("preparing layer {}", layer.digest)),
             Ok(r) => r.into_inner().mounts,
         };
-        let why = if layer.annotations.contains_key(TOC_DIGEST) {
+        let why = if layer.annotation(labels::TOC_DIGEST).is_some() {
             format!(
                 "the {} snapshotter did not serve it remotely (see its log)",
-                args.snapshotter
+                self.args.snapshotter
             )
         } else {
             "not eStargz (no TOC digest annotation)".to_owned()
         };
-        say(format!(
-            "layer {}/{} {}: unpacking ({why})",
-            i + 1,
-            sum.layers,
-            layer.digest
-        ));
-        sum.fallbacks.push((layer.digest.clone(), why));
-        let res = fetch_and_apply(
-            ctd,
-            registry,
-            reference,
-            layer,
-            &cdoc.rootfs.diff_ids[i],
-            mounts,
-            bar.clone(),
-        )
-        .await;
-        match res {
+        say(format!("unpacking ({why})"));
+        sum.fallbacks.push((layer.digest.to_string(), why));
+        let remove = |key: String| async move {
+            if let Ok(req) = self.ctd.req(RemoveSnapshotRequest {
+                snapshotter: self.args.snapshotter.clone(),
+                key,
+            }) {
+                let _ = SnapshotsClient::new(self.ctd.channel.clone())
+                    .remove(req)
+                    .await;
+            }
+        };
+        match self
+            .fetch_and_apply(layer, &self.image.diff_ids[i], mounts)
+            .await
+        {
             Ok(n) => sum.bytes_fetched += n,
             Err(e) => {
-                let _ = snaps
-                    .remove(ctd.req(RemoveSnapshotRequest {
-                        snapshotter: args.snapshotter.clone(),
-                        key: key.clone(),
-                    })?)
-                    .await;
+                remove(key).await;
                 return Err(e);
             }
         }
         let commit = snaps
-            .commit(ctd.req(CommitSnapshotRequest {
-                snapshotter: args.snapshotter.clone(),
+            .commit(self.ctd.req(CommitSnapshotRequest {
+                snapshotter: self.args.snapshotter.clone(),
                 name: chain.clone(),
                 key: key.clone(),
-                labels: HashMap::from([(LABEL_SNAPSHOT_REF.to_owned(), chain.clone())]),
+                labels: HashMap::from([(labels::SNAPSHOT_REF.to_owned(), chain)]),
             })?)
             .await;
         match commit {
             Ok(_) => {}
-            Err(e) if e.code() == Code::AlreadyExists => {
-                let _ = snaps
-                    .remove(ctd.req(RemoveSnapshotRequest {
-                        snapshotter: args.snapshotter.clone(),
-                        key,
-                    })?)
-                    .await;
-            }
+            Err(e) if e.code() == Code::AlreadyExists => remove(key).await,
             Err(e) => return Err(e).with_context(|| format!("committing layer {}", layer.digest)),
         }
         sum.unpacked += 1;
+        Ok(())
     }
 
-    if let Some(top) = chains.last() {
-        ctd.label_content(
-            &mdoc.config.digest,
-            &format!("containerd.io/gc.ref.snapshot.{}", args.snapshotter),
-            top,
-        )
-        .await?;
-    }
-    let image = Image {
-        name: sum.image.clone(),
-        labels: HashMap::new(),
-        target: Some(target),
-        created_at: None,
-        updated_at: None,
-    };
-    let mut images = ImagesClient::new(ctd.channel.clone());
-    match images
-        .create(ctd.req(CreateImageRequest {
-            image: Some(image.clone()),
-            source_date_epoch: None,
-        })?)
-        .await
-    {
-        Ok(_) => {}
-        Err(e) if e.code() == Code::AlreadyExists => {
-            images
-                .update(ctd.req(UpdateImageRequest {
-                    image: Some(image),
-                    update_mask: None,
-                    source_date_epoch: None,
-                })?)
-                .await
-                .context("updating the image record")?;
+    /// Whether layer `i`'s chain is already here with this image's bytes.
+    ///
+    /// A chain names content by diff ID; when another image's layer serves
+    /// it (two blobs claiming one diff ID), the snapshotter checks that
+    /// layer against its diff ID in the background. This waits for that
+    /// check (asking the snapshotter directly: containerd's copy of the
+    /// labels is not kept current). Verified: present. Bad: the chain is
+    /// removed here and this image's own layer is prepared instead.
+    async fn present(&self, i: usize) -> anyhow::Result<bool> {
+        let chain = self.image.chains[i].to_string();
+        let mut snaps = SnapshotsClient::new(self.ctd.channel.clone());
+        let stat = snaps
+            .stat(self.ctd.req(StatSnapshotRequest {
+                snapshotter: self.args.snapshotter.clone(),
+                key: chain.clone(),
+            })?)
+            .await;
+        let Ok(stat) = stat else { return Ok(false) };
+        let labels_now = stat.into_inner().info.map(|i| i.labels).unwrap_or_default();
+        let ours = self.image.doc.layers[i].digest.to_string();
+        match labels_now.get(labels::HOLOGRAM_LAYER) {
+            None => return Ok(true), // unpacked (and verified) by containerd
+            Some(l) if *l == ours => return Ok(true),
+            Some(_) => {}
         }
-        Err(e) => return Err(e).context("creating the image record"),
+        match self.wait_for_check(&chain).await? {
+            Check::Verified => Ok(true),
+            Check::Bad(layer) => {
+                tracing::warn!(chain = %chain, served_by = %layer, "the chain's bytes failed their check: removing it and preparing this image's own layer");
+                snaps
+                    .remove(self.ctd.req(RemoveSnapshotRequest {
+                        snapshotter: self.args.snapshotter.clone(),
+                        key: chain.clone(),
+                    })?)
+                    .await
+                    .with_context(|| format!(
+                        "chain {chain} is served by layer {layer} of another image, which failed its check, and cannot be removed here (remove the image that brought it, then pull again)"
+                    ))?;
+                Ok(false)
+            }
+        }
     }
-    Ok(())
+
+    /// Asks the snapshotter for the check of `chain` until it is decided.
+    async fn wait_for_check(&self, chain: &str) -> anyhow::Result<Check> {
+        let socket = &self.args.snapshotter_socket;
+        let channel = hologram_api::connect_unix(socket).await.with_context(|| {
+            format!(
+                "chain {chain} is served by another image's layer; watching its check needs the snapshotter's socket {} (--snapshotter-socket)",
+                socket.display()
+            )
+        })?;
+        let mut client = SnapshotsClient::new(channel);
+        let deadline = Instant::now() + self.args.check_timeout;
+        loop {
+            let info = client
+                .stat(StatSnapshotRequest {
+                    snapshotter: String::new(),
+                    key: chain.to_owned(),
+                })
+                .await
+                .with_context(|| format!("asking {} about chain {chain}", socket.display()))?
+                .into_inner()
+                .info
+                .unwrap_or_default();
+            let served = info
+                .labels
+                .get(labels::HOLOGRAM_LAYER)
+                .cloned()
+                .unwrap_or_default();
+            match info
+                .labels
+                .get(labels::HOLOGRAM_VERIFIED)
+                .map(String::as_str)
+            {
+                Some("verified") => return Ok(Check::Verified),
+                Some("bad") => return Ok(Check::Bad(served)),
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "chain {chain} is served by layer {served} of another image, whose check did not finish within {:?}",
+                    self.args.check_timeout
+                );
+            }
+            self.bar
+                .step(format!("waiting for the snapshotter's check of {served}"));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Step 4: the config labelled with the snapshot GC root, and the image.
+    async fn record_image(&self) -> anyhow::Result<()> {
+        let (ctd, image) = (self.ctd, self.image);
+        if let Some(top) = image.chains.last() {
+            ctd.label_content(
+                &image.doc.config.digest,
+                &format!("containerd.io/gc.ref.snapshot.{}", self.args.snapshotter),
+                &top.to_string(),
+            )
+            .await?;
+        }
+        let target = match &image.index {
+            Some(ix) => PbDescriptor {
+                media_type: ix.media_type.clone(),
+                digest: ix.digest.to_string(),
+                size: i64::try_from(ix.bytes.len()).unwrap_or(i64::MAX),
+                annotations: HashMap::new(),
+            },
+            None => PbDescriptor {
+                media_type: image.manifest.media_type.clone(),
+                digest: image.manifest.digest.to_string(),
+                size: i64::try_from(image.manifest.bytes.len()).unwrap_or(i64::MAX),
+                annotations: HashMap::new(),
+            },
+        };
+        let record = Image {
+            name: image.name.clone(),
+            labels: HashMap::new(),
+            target: Some(target),
+            created_at: None,
+            updated_at: None,
+        };
+        let mut images = ImagesClient::new(ctd.channel.clone());
+        match images
+            .create(ctd.req(CreateImageRequest {
+                image: Some(record.clone()),
+                source_date_epoch: None,
+            })?)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Code::AlreadyExists => {
+                images
+                    .update(ctd.req(UpdateImageRequest {
+                        image: Some(record),
+                        update_mask: None,
+                        source_date_epoch: None,
+                    })?)
+                    .await
+                    .context("updating the image record")?;
+                Ok(())
+            }
+            Err(e) => Err(e).context("creating the image record"),
+        }
+    }
+
+    /// Streams a layer from the registry into containerd's content store
+    /// (digest checked on the way and by containerd), applies it to the
+    /// mounts with containerd's diff service and checks the result's diff ID.
+    async fn fetch_and_apply(
+        &self,
+        layer: &Descriptor,
+        diff_id: &Digest,
+        mounts: Vec<hologram_api::types::Mount>,
+    ) -> anyhow::Result<u64> {
+        let size = layer.size;
+        // Download in pieces straight into the content stream; the last
+        // message commits with the expected digest, which containerd checks too.
+        let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(2);
+        let (reg, r, digest, bar) = (
+            self.registry.clone(),
+            self.image.reference.clone(),
+            layer.digest,
+            self.bar.clone(),
+        );
+        let download = tokio::spawn(async move {
+            let reference_name = format!("hologram-pull-{digest}");
+            let mut hasher = Digest::hasher();
+            let mut off = 0u64;
+            while off < size {
+                let len = PIECE.min(size - off);
+                let bytes = reg
+                    .read_range(&r, &digest, off, len)
+                    .await
+                    .with_context(|| format!("downloading layer {digest}"))?;
+                hasher.update(&bytes);
+                bar.bytes("downloading", &digest.to_string(), off + len, size);
+                let last = off + len == size;
+                if last {
+                    let got = std::mem::take(&mut hasher).finish();
+                    if got != digest {
+                        bail!("layer {digest} downloaded with digest {got}");
+                    }
+                }
+                let msg = WriteContentRequest {
+                    action: if last {
+                        WriteAction::Commit as i32
+                    } else {
+                        WriteAction::Write as i32
+                    },
+                    r#ref: reference_name.clone(),
+                    total: i64::try_from(size).unwrap_or(i64::MAX),
+                    expected: digest.to_string(),
+                    offset: i64::try_from(off).unwrap_or(i64::MAX),
+                    data: bytes.to_vec(),
+                    labels: HashMap::new(),
+                };
+                if tx.send(msg).await.is_err() {
+                    bail!("containerd closed the content stream for {digest}");
+                }
+                off += len;
+            }
+            Ok(())
+        });
+        let written = self
+            .ctd
+            .write_stream(
+                &layer.digest,
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            )
+            .await;
+        download.await.context("download task failed")??;
+        written?;
+        let applied = DiffClient::new(self.ctd.channel.clone())
+            .apply(self.ctd.req(ApplyRequest {
+                diff: Some(pb_desc(layer)),
+                mounts,
+                payloads: HashMap::new(),
+                sync_fs: false,
+            })?)
+            .await
+            .with_context(|| format!("applying layer {}", layer.digest))?
+            .into_inner()
+            .applied
+            .context("diff service returned no descriptor")?;
+        if applied.digest != diff_id.to_string() {
+            bail!(
+                "layer {} unpacked to {} but the config says {diff_id}",
+                layer.digest,
+                applied.digest
+            );
+        }
+        Ok(size)
+    }
 }
 
-/// Streams a layer from the registry into containerd's content store
-/// (digest checked on the way and by containerd), applies it to the mounts
-/// with containerd's diff service and checks the result's diff ID.
-async fn fetch_and_apply(
-    ctd: &Ctd,
-    registry: &RegistryClient,
-    reference: &Reference,
-    layer: &DescriptorDoc,
-    diff_id: &str,
-    mounts: Vec<hologram_api::types::Mount>,
-    bar: Progress,
-) -> anyhow::Result<u64> {
-    let size = u64::try_from(layer.size).context("negative layer size")?;
-    // Download in pieces straight into the content stream; the last message
-    // commits with the expected digest, which containerd checks too.
-    let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(2);
-    let (reg, r, digest) = (registry.clone(), reference.clone(), layer.digest.clone());
-    let total = layer.size;
-    let download = tokio::spawn(async move {
-        let reference_name = format!("hologram-pull-{digest}");
-        let mut hasher = Sha256::new();
-        let mut off = 0u64;
-        while off < size {
-            let len = PIECE.min(size - off);
-            let bytes = reg
-                .read_range(&r, &digest, off, len)
-                .await
-                .with_context(|| format!("downloading layer {digest}"))?;
-            hasher.update(&bytes);
-            bar.bytes("downloading", &digest, off + len, size);
-            let last = off + len == size;
-            if last {
-                let got = format!("sha256:{}", hex::encode(hasher.clone().finalize()));
-                if got != digest {
-                    bail!("layer {digest} downloaded with digest {got}");
-                }
-            }
-            let msg = WriteContentRequest {
-                action: if last {
-                    WriteAction::Commit as i32
-                } else {
-                    WriteAction::Write as i32
-                },
-                r#ref: reference_name.clone(),
-                total,
-                expected: digest.clone(),
-                offset: i64::try_from(off).unwrap_or(i64::MAX),
-                data: bytes.to_vec(),
-                labels: HashMap::new(),
-            };
-            if tx.send(msg).await.is_err() {
-                bail!("containerd closed the content stream for {digest}");
-            }
-            off += len;
-        }
-        Ok(())
-    });
-    let written = ctd
-        .write_stream(
-            &layer.digest,
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )
-        .await;
-    download.await.context("download task failed")??;
-    written?;
-    let applied = DiffClient::new(ctd.channel.clone())
-        .apply(ctd.req(ApplyRequest {
-            diff: Some(desc(layer)),
-            mounts,
-            payloads: HashMap::new(),
-            sync_fs: false,
-        })?)
-        .await
-        .with_context(|| format!("applying layer {}", layer.digest))?
-        .into_inner()
-        .applied
-        .context("diff service returned no descriptor")?;
-    if applied.digest != diff_id {
-        bail!(
-            "layer {} unpacked to {} but the config says {diff_id}",
-            layer.digest,
-            applied.digest
-        );
-    }
-    Ok(size)
+/// The decided check of a chain served by another image's layer.
+enum Check {
+    Verified,
+    /// It failed; the layer that serves it.
+    Bad(String),
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
-    fn chain_ids_follow_containerd() {
-        let d = vec!["sha256:a".to_string(), "sha256:b".to_string()];
-        let c = chain_ids(&d);
-        assert_eq!(c[0], "sha256:a");
-        assert_eq!(c[1], sha256(b"sha256:a sha256:b"));
-    }
-
-    #[test]
     fn image_layers_label_fits_the_limit() {
-        let many: Vec<String> = (0..100).map(|i| format!("sha256:{:064x}", i)).collect();
+        let many: Vec<Digest> = (0..100u8).map(|i| Digest::from_bytes([i; 32])).collect();
         let l = image_layers_label(&many);
-        assert!(l.len() + LABEL_IMAGE_LAYERS.len() <= MAX_LABEL);
-        assert!(l.starts_with(&many[0]));
+        assert!(l.len() + labels::CRI_IMAGE_LAYERS.len() <= MAX_LABEL);
+        assert!(l.starts_with(&many[0].to_string()));
         assert_eq!(
             l.split(',').count(),
-            (MAX_LABEL - LABEL_IMAGE_LAYERS.len() + 1) / 72
+            (MAX_LABEL - labels::CRI_IMAGE_LAYERS.len() + 1) / 72
         );
     }
 
+    fn resolved(annotations: &[(&str, &str)]) -> Resolved {
+        let mut layer = Descriptor::new("l", Digest::of(b"layer"), 10);
+        for (k, v) in annotations {
+            layer.annotations.insert((*k).into(), (*v).into());
+        }
+        let doc = ImageManifest {
+            schema_version: 2,
+            media_type: None,
+            artifact_type: None,
+            config: Descriptor::new("c", Digest::of(b"config"), 1),
+            layers: vec![layer],
+            subject: None,
+            annotations: Default::default(),
+        };
+        let bytes = Bytes::from(doc.to_bytes());
+        let diff_ids = vec![Digest::of(b"diff")];
+        Resolved {
+            reference: Reference::parse("r.example/public:1").unwrap(),
+            name: "r.example/public:1".into(),
+            index: None,
+            manifest: Manifest {
+                digest: Digest::of(&bytes),
+                bytes,
+                media_type: hologram_oci::media_types::OCI_MANIFEST.into(),
+            },
+            doc,
+            config: Bytes::new(),
+            chains: hologram_oci::chain_ids(&diff_ids),
+            diff_ids,
+        }
+    }
+
     #[test]
-    fn rfc3339_known_dates() {
-        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+    fn annotations_cannot_redirect_the_layer_labels() {
+        let private = Digest::of(b"private layer").to_string();
+        let image = resolved(&[
+            (labels::CRI_IMAGE_REF, "private.example/secret:1"),
+            (labels::CRI_LAYER_DIGEST, &private),
+            (labels::CRI_MANIFEST_DIGEST, &private),
+            (labels::STARGZ_REFERENCE, "private.example/secret:1"),
+            (labels::STARGZ_DIGEST, &private),
+            (labels::HOLOGRAM_VERIFIED, "verified"),
+            (labels::REMOTE, "remote snapshot"),
+            (labels::TOC_DIGEST, "sha256:t"),
+            ("org.example/other", "x"),
+        ]);
+        let l = layer_labels(&image, 0);
+        assert_eq!(l[labels::CRI_IMAGE_REF], "r.example/public:1");
         assert_eq!(
-            rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000)),
-            "2026-11-18T11:06:40Z"
+            l[labels::CRI_LAYER_DIGEST],
+            Digest::of(b"layer").to_string()
         );
+        assert_eq!(
+            l[labels::CRI_MANIFEST_DIGEST],
+            image.manifest.digest.to_string()
+        );
+        assert_eq!(l[labels::SNAPSHOT_REF], image.chains[0].to_string());
+        for gone in [
+            labels::STARGZ_REFERENCE,
+            labels::STARGZ_DIGEST,
+            labels::HOLOGRAM_VERIFIED,
+            labels::REMOTE,
+            "org.example/other",
+        ] {
+            assert!(!l.contains_key(gone), "{gone} passed through");
+        }
+        // stargz-snapshotter still finds its TOC digest annotation.
+        assert_eq!(l[labels::TOC_DIGEST], "sha256:t");
     }
 }

@@ -227,8 +227,8 @@ pub(crate) struct ResolvedImage {
     pub reference: String,
     /// UOR-ID of the platform manifest's bytes.
     pub uor_id: UorId,
-    /// `sha256:<hex>` of the platform manifest.
-    pub manifest_digest: String,
+    /// Digest of the platform manifest.
+    pub manifest_digest: hologram_oci::Digest,
     pub media_type: String,
     pub size: usize,
     /// The manifest's bytes.
@@ -249,18 +249,12 @@ pub(crate) async fn resolve_image(
         .await
         .with_context(|| format!("cannot resolve {reference}"))?;
     // The UOR-ID and the witness subject must describe the same bytes.
-    hologram_remote::verify_digest(&manifest.digest, &manifest.bytes)
+    hologram_remote::verify(&manifest.digest, &manifest.bytes)
         .with_context(|| format!("manifest of {reference} does not match its digest"))?;
-    if !manifest.digest.starts_with("sha256:") {
-        bail!(
-            "manifest of {reference} has digest {}; witnesses need a sha256 digest",
-            manifest.digest
-        );
-    }
     Ok(ResolvedImage {
         reference: reference.to_string(),
         uor_id: UorId::of(&manifest.bytes),
-        manifest_digest: manifest.digest.clone(),
+        manifest_digest: manifest.digest,
         media_type: manifest.media_type.clone(),
         size: manifest.bytes.len(),
         bytes: manifest.bytes.to_vec(),

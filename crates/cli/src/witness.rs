@@ -142,12 +142,15 @@ pub async fn run(cmd: WitnessCommand) -> anyhow::Result<()> {
                     .context("cannot set up the registry client")?;
                 let r = hologram_remote::Reference::parse(&image.reference)
                     .with_context(|| format!("invalid reference {}", image.reference))?;
+                let subject = hologram_oci::Descriptor::new(
+                    &image.media_type,
+                    image.manifest_digest,
+                    image.size as u64,
+                );
                 let d = hologram_remote::referrers::attach(
                     &client,
                     &r,
-                    &image.manifest_digest,
-                    &image.media_type,
-                    image.size as u64,
+                    &subject,
                     hologram_trust::DSSE_ARTIFACT_TYPE,
                     bytes::Bytes::from(json.clone().into_bytes()),
                 )
@@ -163,7 +166,7 @@ pub async fn run(cmd: WitnessCommand) -> anyhow::Result<()> {
                         image.reference,
                         image.uor_id,
                         image.manifest_digest,
-                        hologram_trust::time::format_rfc3339(expires_at),
+                        hologram_oci::time::format_rfc3339(expires_at),
                         path.display()
                     );
                 }
@@ -210,7 +213,7 @@ pub async fn run(cmd: WitnessCommand) -> anyhow::Result<()> {
             .with_context(|| {
                 format!("witness of {reference} ({}) is not accepted", image.uor_id)
             })?;
-            let fmt = hologram_trust::time::format_rfc3339;
+            let fmt = hologram_oci::time::format_rfc3339;
             write_stdout(&format!(
                 "verified {reference}\n  uor_id:       {}\n  manifest:     {}\n  signed by:    {}\n  witness_type: {}\n  issued_at:    {}\n  expires_at:   {}\n",
                 verified.uor_id,
@@ -587,9 +590,9 @@ fn best_envelope(envs: &[Envelope], now: SystemTime) -> Option<&Envelope> {
         let Ok(st) = env.peek_statement() else {
             return (false, None);
         };
-        let issued = hologram_trust::time::parse_rfc3339(&st.predicate.issued_at).ok();
+        let issued = hologram_oci::time::parse_rfc3339(&st.predicate.issued_at).ok();
         let live =
-            hologram_trust::time::parse_rfc3339(&st.predicate.expires_at).is_ok_and(|e| e > now);
+            hologram_oci::time::parse_rfc3339(&st.predicate.expires_at).is_ok_and(|e| e > now);
         (live, issued)
     };
     envs.iter().max_by_key(|env| times(env))
@@ -665,10 +668,7 @@ mod tests {
         issued: SystemTime,
         ttl: Duration,
     ) -> Envelope {
-        let digest = format!(
-            "sha256:{}",
-            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(manifest))
-        );
+        let digest = hologram_oci::Digest::of(manifest);
         hologram_trust::sign(
             key,
             "registry.example/app:1",
@@ -710,10 +710,7 @@ mod tests {
         // GET: the fresh witness, which verifies locally.
         let env = fetch_witness(&format!("{base}/"), &uor).await.unwrap();
         assert_eq!(env, fresh);
-        let digest = format!(
-            "sha256:{}",
-            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(manifest))
-        );
+        let digest = hologram_oci::Digest::of(manifest);
         hologram_trust::verify(&env, &[key.public()], &digest, &uor, SystemTime::now()).unwrap();
         let http = reqwest::Client::new();
         let answer: serde_json::Value = serde_json::from_slice(

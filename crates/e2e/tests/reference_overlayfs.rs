@@ -4,8 +4,6 @@
 //! hologram tests expect (so a failure there is the daemon's, not the
 //! image's).
 
-use std::time::Duration;
-
 use anyhow::{ensure, Context, Result};
 use hologram_e2e::registry::http_get;
 use hologram_e2e::util::{require_tools, short_tempdir};

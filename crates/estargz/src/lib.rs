@@ -48,9 +48,9 @@ pub const LEGACY_FOOTER_SIZE: u64 = 47;
 /// Name of the tar entry that holds the TOC JSON.
 pub const TOC_JSON_NAME: &str = "stargz.index.json";
 /// Layer descriptor annotation carrying the digest of the TOC JSON.
-pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
+pub const TOC_DIGEST_ANNOTATION: &str = hologram_oci::labels::TOC_DIGEST;
 /// Layer descriptor annotation carrying the uncompressed size of the blob.
-pub const UNCOMPRESSED_SIZE_ANNOTATION: &str = "io.containers.estargz.uncompressed-size";
+pub const UNCOMPRESSED_SIZE_ANNOTATION: &str = hologram_oci::labels::UNCOMPRESSED_SIZE;
 /// Landmark entry marking the end of the prioritized (prefetched) files.
 pub const PREFETCH_LANDMARK: &str = ".prefetch.landmark";
 /// Landmark entry meaning "do not prefetch this layer".

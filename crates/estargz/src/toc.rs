@@ -123,7 +123,9 @@ fn xattrs_ser<S: Serializer>(x: &BTreeMap<String, Vec<u8>>, s: S) -> Result<S::O
     m.end()
 }
 
-pub(crate) fn xattrs_de<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
+pub(crate) fn xattrs_de<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
     use base64::Engine as _;
     let raw: Option<BTreeMap<String, Option<String>>> = Option::deserialize(d)?;
     let mut out = BTreeMap::new();

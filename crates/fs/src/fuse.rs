@@ -396,7 +396,13 @@ impl Filesystem for LayerFs {
         match node {
             Ok(n) => {
                 let mut list = Vec::new();
-                for k in self.layer.index().xattrs(n).into_iter().flat_map(|x| x.keys()) {
+                for k in self
+                    .layer
+                    .index()
+                    .xattrs(n)
+                    .into_iter()
+                    .flat_map(|x| x.keys())
+                {
                     list.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(k.as_os_str()));
                     list.push(0);
                 }

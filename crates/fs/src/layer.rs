@@ -11,6 +11,14 @@
 //! thread is fetching waits for that fetch instead of issuing its own, so many
 //! readers never storm a slow registry. Every wait and every fetch is bounded
 //! by `fetch_timeout`: a dead registry gives an error (EIO) in bounded time.
+//!
+//! Warming ([`Layer::warm`]) is one sequential pass over the whole blob, from
+//! offset 0: the part before the prefetch landmark at full speed (prefetch),
+//! the rest rate-limited (background fetch). The pass hashes every
+//! compressed byte (the layer digest) and every decompressed byte (the diff
+//! ID) and, given the digests the image claims ([`LayerDigests`]), ends in a
+//! [`Verdict`]: a layer whose bytes are not what its image's manifest and
+//! config say is marked bad, after which every read of it fails.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -81,7 +89,32 @@ pub enum ReadError {
     Timeout(Duration),
     #[error("chunk cache: {0}")]
     Cache(#[from] std::io::Error),
+    #[error("layer {layer} failed verification and is no longer served: {reason}")]
+    Rejected { layer: String, reason: String },
 }
+
+/// What the image claims about the blob: its digest (the manifest's layer
+/// descriptor) and the digest of its uncompressed tar stream (the config's
+/// diff ID).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerDigests {
+    pub blob: Digest,
+    pub diff_id: Digest,
+}
+
+/// Where the whole-blob check of a layer stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not every byte has been seen yet (or no digests to compare with).
+    Pending,
+    /// The blob and its uncompressed stream have the digests claimed.
+    Verified,
+    /// They do not (or the blob is not a valid gzip stream): why.
+    Bad(String),
+}
+
+/// Called once when a layer's verdict is reached (the daemon records it).
+pub type VerdictHook = Box<dyn Fn(&Verdict) + Send + Sync>;
 
 /// Per-layer counters the daemon reads at scrape time (per-event counts go
 /// through the [`Observer`]).
@@ -154,6 +187,29 @@ pub struct Layer {
     closed: AtomicBool,
     observer: Arc<dyn Observer>,
     pub stats: LayerStats,
+    expected: Option<LayerDigests>,
+    verdict: Mutex<Verdict>,
+    hook: Option<VerdictHook>,
+    /// The sequential pass (one at a time: warm and verify_now share it).
+    pass: Mutex<Pass>,
+}
+
+/// Progress of the sequential pass over the blob.
+struct Pass {
+    /// Every byte before this offset went through the hashers.
+    pos: u64,
+    blob: hologram_oci::Sha256Writer,
+    gz: Option<flate2::write::MultiGzDecoder<hologram_oci::Sha256Writer>>,
+}
+
+impl Pass {
+    fn new() -> Pass {
+        Pass {
+            pos: 0,
+            blob: Digest::hasher(),
+            gz: Some(flate2::write::MultiGzDecoder::new(Digest::hasher())),
+        }
+    }
 }
 
 impl std::fmt::Debug for Layer {
@@ -184,6 +240,49 @@ impl Layer {
             closed: AtomicBool::new(false),
             observer,
             stats: LayerStats::default(),
+            expected: None,
+            verdict: Mutex::new(Verdict::Pending),
+            hook: None,
+            pass: Mutex::new(Pass::new()),
+        }
+    }
+
+    /// The digests the layer's bytes must have; `hook` hears the verdict.
+    pub fn with_expected(mut self, expected: LayerDigests, hook: Option<VerdictHook>) -> Layer {
+        self.expected = Some(expected);
+        self.hook = hook;
+        self
+    }
+
+    /// Where the whole-blob check stands.
+    pub fn verdict(&self) -> Verdict {
+        self.verdict
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_else(|_| Verdict::Bad("internal lock poisoned".into()))
+    }
+
+    fn rejected(&self) -> Option<String> {
+        match self.verdict() {
+            Verdict::Bad(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    fn set_verdict(&self, v: Verdict) {
+        if let Ok(mut cur) = self.verdict.lock() {
+            if *cur != Verdict::Pending {
+                return;
+            }
+            *cur = v.clone();
+        }
+        if let Verdict::Bad(reason) = &v {
+            tracing::error!(layer = %self.digest(), reason = %reason, "layer failed verification: it is no longer served");
+        } else {
+            tracing::info!(layer = %self.digest(), "layer verified: blob digest and diff ID match");
+        }
+        if let Some(h) = &self.hook {
+            h(&v);
         }
     }
 
@@ -229,14 +328,18 @@ impl Layer {
     fn pos_of(&self, chunk: &Chunk) -> Option<usize> {
         self.index
             .blob_order()
-            .binary_search_by_key(&key(chunk), |&id| {
-                self.index.chunk(id).map_or((0, 0), key)
-            })
+            .binary_search_by_key(&key(chunk), |&id| self.index.chunk(id).map_or((0, 0), key))
             .ok()
     }
 
     /// Reads up to `size` bytes at `offset` of regular file `ino`.
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, ReadError> {
+        if let Some(reason) = self.rejected() {
+            return Err(ReadError::Rejected {
+                layer: self.digest().to_string(),
+                reason,
+            });
+        }
         let node = self.index.node(ino).ok_or(ReadError::NoInode(ino))?;
         if node.kind != NodeKind::Reg {
             return Err(ReadError::NotFile(ino));
@@ -434,13 +537,9 @@ impl Layer {
         errors
     }
 
-    /// Fetches one contiguous run; returns the errors by position.
-    fn fetch_run(&self, run: &[(usize, Arc<Flight>)], purpose: Purpose) -> Vec<(usize, ReadError)> {
-        let chunks: Vec<&Chunk> = run.iter().filter_map(|(p, _)| self.chunk_at(*p)).collect();
-        let (Some(first), Some(last)) = (chunks.first(), chunks.last()) else {
-            return Vec::new();
-        };
-        let range: Range<u64> = first.blob_offset..last.blob_offset + last.blob_len;
+    /// Fetches `range` of the blob, bounded by `fetch_timeout`, and accounts
+    /// for it. Exactly `range.len()` bytes or the reason why not.
+    fn fetch_range(&self, range: Range<u64>, purpose: Purpose) -> Result<bytes::Bytes, String> {
         let len = range.end - range.start;
         let t = Instant::now();
         let res = self.rt.block_on(async {
@@ -466,18 +565,7 @@ impl Layer {
                     Err(_) => format!("no answer within {:?}", self.cfg.fetch_timeout),
                 };
                 tracing::warn!(layer = %self.digest(), offset = range.start, len, error = %msg, "fetch failed");
-                self.complete(run, Err(msg.clone()));
-                return run
-                    .iter()
-                    .map(|(p, _)| {
-                        let e = ReadError::Fetch {
-                            layer: self.digest().to_string(),
-                            what: format!("bytes {}..{}", range.start, range.end),
-                            msg: msg.clone(),
-                        };
-                        (*p, e)
-                    })
-                    .collect();
+                return Err(msg);
             }
         };
         match purpose {
@@ -491,9 +579,49 @@ impl Layer {
                 .fetch_add(len, Ordering::Relaxed),
             Purpose::Read => 0,
         };
+        Ok(data)
+    }
+
+    /// Fetches one contiguous run; returns the errors by position.
+    fn fetch_run(&self, run: &[(usize, Arc<Flight>)], purpose: Purpose) -> Vec<(usize, ReadError)> {
+        let chunks: Vec<&Chunk> = run.iter().filter_map(|(p, _)| self.chunk_at(*p)).collect();
+        let (Some(first), Some(last)) = (chunks.first(), chunks.last()) else {
+            return Vec::new();
+        };
+        let range: Range<u64> = first.blob_offset..last.blob_offset + last.blob_len;
+        match self.fetch_range(range.clone(), purpose) {
+            Ok(data) => self.deliver(run, &data, range.start),
+            Err(msg) => {
+                self.complete(run, Err(msg.clone()));
+                run.iter()
+                    .map(|(p, _)| {
+                        let e = ReadError::Fetch {
+                            layer: self.digest().to_string(),
+                            what: format!("bytes {}..{}", range.start, range.end),
+                            msg: msg.clone(),
+                        };
+                        (*p, e)
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Decompresses, verifies and caches the claimed chunks of `run` from
+    /// `data` (blob bytes starting at `start`), waking their waiters.
+    /// Returns the errors by position.
+    fn deliver(
+        &self,
+        run: &[(usize, Arc<Flight>)],
+        data: &[u8],
+        start: u64,
+    ) -> Vec<(usize, ReadError)> {
         let mut errors = Vec::new();
-        for ((pos, flight), c) in run.iter().zip(&chunks) {
-            let lo = (c.blob_offset - range.start) as usize;
+        for (pos, flight) in run {
+            let Some(c) = self.chunk_at(*pos) else {
+                continue;
+            };
+            let lo = (c.blob_offset - start) as usize;
             let hi = lo + c.blob_len as usize;
             let r = match data.get(lo..hi).map(|b| decompress_chunk(c, b)) {
                 Some(Ok(bytes)) => self
@@ -534,6 +662,25 @@ impl Layer {
         errors
     }
 
+    /// Claims the chunks at `positions` that are neither cached nor in
+    /// flight (for a caller that fetches their bytes itself).
+    fn claim(&self, positions: impl Iterator<Item = usize>) -> Vec<(usize, Arc<Flight>)> {
+        let Ok(mut inflight) = self.inflight.lock() else {
+            return Vec::new();
+        };
+        let mut mine = Vec::new();
+        for p in positions {
+            let Some(c) = self.chunk_at(p) else { continue };
+            if self.cache.contains(&c.digest) || inflight.contains_key(&key(c)) {
+                continue;
+            }
+            let f = Arc::new(Flight::default());
+            inflight.insert(key(c), Arc::clone(&f));
+            mine.push((p, f));
+        }
+        mine
+    }
+
     fn complete(&self, run: &[(usize, Arc<Flight>)], r: Result<(), String>) {
         let mut m = self.inflight.lock().ok();
         for (p, f) in run {
@@ -544,59 +691,218 @@ impl Layer {
         }
     }
 
-    /// Prefetch (chunks before the landmark), then background fetch (the rest,
-    /// rate limited), as configured. Runs until done or [`Layer::close`].
+    /// Prefetch (the blob up to the landmark, at full speed), then background
+    /// fetch (the rest, rate limited), as configured: one sequential pass
+    /// that also verifies the layer (see the module documentation). Runs
+    /// until done or [`Layer::close`]; a failed fetch is retried with
+    /// backoff while the layer is mounted.
     pub fn warm(&self) {
-        let n = self.index.blob_order().len();
         let prefetch_end = if self.cfg.prefetch {
             self.index.prefetch_end()
         } else {
             None
         };
-        let split = prefetch_end.map_or(0, |end| {
-            self.index.blob_order().partition_point(|&id| {
-                self.index
-                    .chunk(id)
-                    .is_some_and(|c| c.blob_offset < end)
-            })
-        });
-        if split > 0 {
+        if let Some(end) = prefetch_end {
             let t = Instant::now();
-            self.fetch_sequential(0..split, Purpose::Prefetch, 0);
-            tracing::info!(layer = %self.digest(), chunks = split, elapsed = ?t.elapsed(), "prefetch done");
+            let r = self.run_pass(end, Purpose::Prefetch, 0, None);
+            tracing::info!(layer = %self.digest(), until = end, result = ?r, elapsed = ?t.elapsed(), "prefetch done");
         }
-        if self.cfg.background_fetch && split < n {
-            self.fetch_sequential(split..n, Purpose::Background, self.cfg.background_rate);
-            tracing::debug!(layer = %self.digest(), "background fetch done");
+        if !self.cfg.background_fetch {
+            return;
+        }
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match self.run_pass(
+                self.source.size(),
+                Purpose::Background,
+                self.cfg.background_rate,
+                None,
+            ) {
+                Ok(()) => break,
+                Err(e) if self.closed.load(Ordering::Relaxed) => {
+                    tracing::debug!(layer = %self.digest(), error = %e, "background fetch stopped");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(layer = %self.digest(), error = %e, retry_in = ?backoff, "background fetch interrupted");
+                    if self.sleep_unless_closed(backoff) {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+        tracing::debug!(layer = %self.digest(), "background fetch done");
+    }
+
+    /// Sleeps up to `d`; true when the layer was closed meanwhile.
+    fn sleep_unless_closed(&self, d: Duration) -> bool {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            if self.closed.load(Ordering::Relaxed) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50).min(end - Instant::now()));
+        }
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Runs the whole-blob check now (at full speed) if it has not
+    /// finished, within `deadline`. The verdict after the pass.
+    pub fn verify_now(&self, deadline: Instant) -> Verdict {
+        if self.verdict() == Verdict::Pending {
+            if let Err(e) =
+                self.run_pass(self.source.size(), Purpose::Background, 0, Some(deadline))
+            {
+                tracing::warn!(layer = %self.digest(), error = %e, "verification could not finish");
+            }
+        }
+        self.verdict()
+    }
+
+    /// Advances the sequential pass up to `until` (a chunk boundary or the
+    /// blob's end): fetches window after window, hashes them, caches the
+    /// chunks they hold, and at the end of the blob decides the verdict.
+    fn run_pass(
+        &self,
+        until: u64,
+        purpose: Purpose,
+        rate: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(), String> {
+        let Ok(mut pass) = self.pass.lock() else {
+            return Err("internal lock poisoned".into());
+        };
+        let size = self.source.size();
+        let until = until.min(size);
+        let started = Instant::now();
+        let mut sent = 0u64;
+        while pass.pos < until {
+            if self.closed.load(Ordering::Relaxed) {
+                return Err("layer closed".into());
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err("out of time".into());
+            }
+            if self.rejected().is_some() {
+                return Ok(());
+            }
+            let window = self.next_window(pass.pos, until);
+            let positions = self.chunks_within(&window);
+            let run = self.claim(positions.into_iter());
+            let data = match self.fetch_range(window.clone(), purpose) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.complete(&run, Err(e.clone()));
+                    return Err(e);
+                }
+            };
+            let _ = self.deliver(&run, &data, window.start);
+            self.hash_window(&mut pass, &data);
+            pass.pos = window.end;
+            sent += data.len() as u64;
+            throttle(started, sent, rate);
+        }
+        if pass.pos >= size {
+            self.finish_pass(&mut pass);
+        }
+        Ok(())
+    }
+
+    fn hash_window(&self, pass: &mut Pass, data: &[u8]) {
+        use std::io::Write as _;
+        pass.blob.update(data);
+        if let Some(gz) = pass.gz.as_mut() {
+            if let Err(e) = gz.write_all(data) {
+                pass.gz = None;
+                if self.expected.is_some() {
+                    self.set_verdict(Verdict::Bad(format!(
+                        "the blob is not a valid gzip stream: {e}"
+                    )));
+                }
+            }
         }
     }
 
-    fn fetch_sequential(&self, positions: Range<usize>, purpose: Purpose, rate: u64) {
-        let started = Instant::now();
-        let mut sent = 0u64;
-        let mut batch = Vec::new();
-        let mut batch_bytes = 0u64;
-        for p in positions {
-            if self.closed.load(Ordering::Relaxed) {
-                return;
+    /// Compares what the pass measured with what the image claims.
+    fn finish_pass(&self, pass: &mut Pass) {
+        let Some(expected) = self.expected else {
+            return;
+        };
+        let blob = std::mem::take(&mut pass.blob).finish();
+        let diff_id = match pass.gz.take().map(|gz| gz.finish()) {
+            Some(Ok(h)) => h.finish(),
+            Some(Err(e)) => {
+                return self.set_verdict(Verdict::Bad(format!(
+                    "the blob is not a valid gzip stream: {e}"
+                )))
             }
-            let Some(c) = self.chunk_at(p) else { continue };
-            if self.cache.contains(&c.digest) {
-                continue;
-            }
-            batch.push(p);
-            batch_bytes += c.blob_len;
-            if batch_bytes >= self.cfg.max_request {
-                sent += batch_bytes;
-                let _ = self.fetch_positions(&batch, purpose);
-                batch.clear();
-                batch_bytes = 0;
-                throttle(started, sent, rate);
+            None => return,
+        };
+        if blob != expected.blob {
+            self.set_verdict(Verdict::Bad(format!(
+                "the registry served bytes with digest {blob}, not the layer {}",
+                expected.blob
+            )));
+        } else if diff_id != expected.diff_id {
+            self.set_verdict(Verdict::Bad(format!(
+                "the layer's uncompressed content has diff ID {diff_id}, but the image config claims {}",
+                expected.diff_id
+            )));
+        } else {
+            self.set_verdict(Verdict::Verified);
+        }
+    }
+
+    /// The next window of the pass from `pos`: about `max_request` bytes,
+    /// ending at a chunk start (so every chunk lies wholly in one window),
+    /// or at the end of the chunk holding `pos` when that one is larger.
+    fn next_window(&self, pos: u64, until: u64) -> Range<u64> {
+        let order = self.index.blob_order();
+        let start_of = |p: usize| self.chunk_at(p).map_or(u64::MAX, |c| c.blob_offset);
+        let target = pos.saturating_add(self.cfg.max_request).min(until);
+        // The last chunk start at or before `target` that lies after `pos`.
+        let i = order.partition_point(|&id| {
+            self.index
+                .chunk(id)
+                .is_some_and(|c| c.blob_offset <= target)
+        });
+        let mut end = if i > 0 && start_of(i - 1) > pos {
+            start_of(i - 1)
+        } else {
+            target
+        };
+        if target < until {
+            // Do not cut a chunk: extend to the end of the one holding `end`.
+            let j = order
+                .partition_point(|&id| self.index.chunk(id).is_some_and(|c| c.blob_offset < end));
+            if let Some(c) = j.checked_sub(1).and_then(|j| self.chunk_at(j)) {
+                if c.blob_offset < end && c.blob_offset + c.blob_len > end {
+                    end = (c.blob_offset + c.blob_len).min(until);
+                }
             }
         }
-        if !batch.is_empty() && !self.closed.load(Ordering::Relaxed) {
-            let _ = self.fetch_positions(&batch, purpose);
+        if end <= pos {
+            end = until;
         }
+        pos..end
+    }
+
+    /// Positions (blob order) of the chunks lying wholly inside `r`.
+    fn chunks_within(&self, r: &Range<u64>) -> Vec<usize> {
+        let order = self.index.blob_order();
+        let first = order.partition_point(|&id| {
+            self.index
+                .chunk(id)
+                .is_some_and(|c| c.blob_offset < r.start)
+        });
+        (first..order.len())
+            .take_while(|&p| self.chunk_at(p).is_some_and(|c| c.blob_offset < r.end))
+            .filter(|&p| {
+                self.chunk_at(p)
+                    .is_some_and(|c| c.blob_offset + c.blob_len <= r.end)
+            })
+            .collect()
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use hologram_estargz::{convert, ConvertOptions, Index, NodeKind};
@@ -57,6 +57,12 @@ impl BlobSource for FakeBlob {
 
 /// A layer with files a (300 KiB, 3 chunks of 128 KiB), b (5 bytes), c (20 KiB).
 fn blob() -> (Vec<u8>, Index, Vec<u8>) {
+    let (out, index, a, _) = blob_with_digests();
+    (out, index, a)
+}
+
+/// [`blob`], with the blob digest and diff ID the converter measured.
+fn blob_with_digests() -> (Vec<u8>, Index, Vec<u8>, LayerDigests) {
     let mut tar = tar::Builder::new(Vec::new());
     let a: Vec<u8> = (0..300 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -89,7 +95,11 @@ fn blob() -> (Vec<u8>, Index, Vec<u8>) {
         hologram_estargz::IndexLimits::default(),
     )
     .unwrap();
-    (out, index, a)
+    let digests = LayerDigests {
+        blob: conv.digest,
+        diff_id: conv.diff_id,
+    };
+    (out, index, a, digests)
 }
 
 fn layer(
@@ -285,4 +295,132 @@ fn a_bad_chunk_in_the_readaround_window_does_not_fail_a_good_read() {
         "the bad chunk was fetched and refused"
     );
     assert!(l.read(ino(&l, "c"), 0, 10).is_err());
+}
+
+/// What [`checked_layer`] sets up.
+type Checked = (
+    tempfile::TempDir,
+    Arc<FakeBlob>,
+    Layer,
+    Arc<Mutex<Vec<Verdict>>>,
+    tokio::runtime::Runtime,
+);
+
+/// A layer that checks itself against `claimed` (given the converter's
+/// digests), with a hook recording the verdicts it hears.
+fn checked_layer(cfg: LayerConfig, claimed: impl FnOnce(LayerDigests) -> LayerDigests) -> Checked {
+    let (data, index, _a, digests) = blob_with_digests();
+    let src = Arc::new(FakeBlob {
+        data,
+        requests: AtomicU64::new(0),
+        hang: AtomicBool::new(false),
+        fail: AtomicBool::new(false),
+        corrupt_at: AtomicU64::new(u64::MAX),
+        delay: Duration::from_millis(1),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(ChunkCache::open(dir.path(), 1 << 30).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let h = Arc::clone(&heard);
+    let l = Layer::new(
+        index,
+        src.clone(),
+        cache,
+        rt.handle().clone(),
+        cfg,
+        Arc::new(NoObserver),
+    )
+    .with_expected(
+        claimed(digests),
+        Some(Box::new(move |v: &Verdict| {
+            h.lock().unwrap().push(v.clone())
+        })),
+    );
+    (dir, src, l, heard, rt)
+}
+
+fn background() -> LayerConfig {
+    LayerConfig {
+        background_fetch: true,
+        background_rate: 0,
+        max_request: 4096,
+        ..quiet()
+    }
+}
+
+#[test]
+fn the_background_pass_verifies_blob_and_diff_id() {
+    let (_d, src, l, heard, _rt) = checked_layer(background(), |d| d);
+    assert_eq!(l.verdict(), Verdict::Pending);
+    l.warm();
+    assert_eq!(l.verdict(), Verdict::Verified);
+    assert_eq!(*heard.lock().unwrap(), [Verdict::Verified]);
+    assert_eq!(l.pending_chunks(), 0, "the pass filled the cache");
+    // Small windows: every byte fetched once, no chunk fetched twice.
+    assert_eq!(
+        l.stats.background_bytes.load(Ordering::SeqCst),
+        src.data.len() as u64
+    );
+    let n = src.requests.load(Ordering::SeqCst);
+    assert!(n >= 4, "{n} requests for {} bytes", src.data.len());
+}
+
+#[test]
+fn a_layer_whose_content_is_not_its_claimed_diff_id_is_rejected() {
+    let (_d, _src, l, heard, _rt) = checked_layer(background(), |d| LayerDigests {
+        diff_id: Digest::of(b"another layer's diff ID"),
+        ..d
+    });
+    // Readable until the verdict is in...
+    assert_eq!(l.read(ino(&l, "b"), 0, 5).unwrap(), b"hello");
+    l.warm();
+    match l.verdict() {
+        Verdict::Bad(why) => assert!(why.contains("diff ID"), "{why}"),
+        v => panic!("{v:?}"),
+    }
+    assert_eq!(heard.lock().unwrap().len(), 1);
+    // ...and never after, cached or not.
+    let e = l.read(ino(&l, "b"), 0, 5).unwrap_err();
+    assert!(matches!(e, ReadError::Rejected { .. }), "{e:?}");
+}
+
+#[test]
+fn a_registry_serving_other_bytes_is_caught_by_the_blob_digest() {
+    let (_d, src, l, _heard, _rt) = checked_layer(background(), |d| d);
+    // A byte of a tar header (not a chunk payload): no chunk check sees it.
+    src.corrupt_at.store(3, Ordering::SeqCst);
+    l.warm();
+    match l.verdict() {
+        Verdict::Bad(why) => assert!(why.contains("gzip") || why.contains("digest"), "{why}"),
+        v => panic!("{v:?}"),
+    }
+}
+
+#[test]
+fn verify_now_checks_a_layer_whose_background_fetch_is_off() {
+    let (_d, _src, l, _heard, _rt) = checked_layer(quiet(), |d| d);
+    l.warm();
+    assert_eq!(l.verdict(), Verdict::Pending, "nothing fetched");
+    let v = l.verify_now(Instant::now() + Duration::from_secs(30));
+    assert_eq!(v, Verdict::Verified);
+}
+
+#[test]
+fn verify_now_gives_up_at_its_deadline() {
+    let (_d, src, l, _heard, _rt) = checked_layer(
+        LayerConfig {
+            fetch_timeout: Duration::from_millis(300),
+            ..quiet()
+        },
+        |d| d,
+    );
+    src.hang.store(true, Ordering::SeqCst);
+    let t = Instant::now();
+    assert_eq!(l.verify_now(t + Duration::from_secs(5)), Verdict::Pending);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }

@@ -34,7 +34,7 @@ impl Digest {
         let hex_part = s
             .strip_prefix(PREFIX)
             .ok_or_else(|| bad("only sha256 digests (\"sha256:<64 hex digits>\") are accepted"))?;
-        Self::from_hex(hex_part).map_err(|reason| bad(reason))
+        Self::from_hex(hex_part).map_err(bad)
     }
 
     /// Parses the 64 lowercase hex digits alone (a file name in a cache).

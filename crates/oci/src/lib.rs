@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod digest;
+pub mod labels;
 mod manifest;
 mod reference;
 pub mod time;

@@ -229,7 +229,10 @@ impl ImageManifest {
 
     /// The position and descriptor of layer `digest`.
     pub fn layer(&self, digest: &Digest) -> Option<(usize, &Descriptor)> {
-        self.layers.iter().enumerate().find(|(_, l)| l.digest == *digest)
+        self.layers
+            .iter()
+            .enumerate()
+            .find(|(_, l)| l.digest == *digest)
     }
 
     /// Canonical JSON bytes (for manifests this project writes).
@@ -411,7 +414,10 @@ mod tests {
     #[test]
     fn configs_must_match_their_manifest() {
         let m = ImageManifest::parse(manifest_json(&d(2)).as_bytes()).unwrap();
-        let good = format!(r#"{{"rootfs":{{"type":"layers","diff_ids":["{}"]}},"os":"linux"}}"#, d(9));
+        let good = format!(
+            r#"{{"rootfs":{{"type":"layers","diff_ids":["{}"]}},"os":"linux"}}"#,
+            d(9)
+        );
         let c = ImageConfig::parse_for(good.as_bytes(), &m).unwrap();
         assert_eq!(c.rootfs.diff_ids, vec![Digest::of(&[9])]);
         let two = format!(

@@ -39,7 +39,12 @@ impl Reference {
     /// `127.0.0.1:5000/e2e/layers:1`, `host/repo@sha256:...`,
     /// `host/repo:tag@sha256:...`.
     pub fn parse(s: &str) -> Result<Self, ReferenceError> {
-        let bad = |why: &str| ReferenceError(format!("{:?}: {why}", s.chars().take(300).collect::<String>()));
+        let bad = |why: &str| {
+            ReferenceError(format!(
+                "{:?}: {why}",
+                s.chars().take(300).collect::<String>()
+            ))
+        };
         if s.is_empty() {
             return Err(bad("empty"));
         }

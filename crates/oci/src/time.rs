@@ -63,7 +63,8 @@ pub fn parse_rfc3339(s: &str) -> Result<SystemTime, String> {
 /// The RFC 3339 shape, byte by byte (jiff checks the calendar).
 fn check_syntax(s: &str) -> Result<(), &'static str> {
     let b = s.as_bytes();
-    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|p| p.iter().all(u8::is_ascii_digit));
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|p| p.iter().all(u8::is_ascii_digit));
     let at = |i: usize, allowed: &[u8]| b.get(i).is_some_and(|c| allowed.contains(c));
     if !(digits(0..4)
         && at(4, b"-")

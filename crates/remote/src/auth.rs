@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde::Deserialize;
 
-use hologram_oci::{DOCKER_HUB, DOCKER_HUB_API_HOST};
 use crate::Error;
+use hologram_oci::{DOCKER_HUB, DOCKER_HUB_API_HOST};
 
 /// Credentials for one registry host.
 #[derive(Clone, PartialEq, Eq)]

@@ -898,8 +898,8 @@ impl RegistryClient {
         if !top.is_index() {
             return Ok((None, top));
         }
-        let index = ImageIndex::parse(&top.bytes)
-            .map_err(|e| Error::InvalidResponse(e.to_string()))?;
+        let index =
+            ImageIndex::parse(&top.bytes).map_err(|e| Error::InvalidResponse(e.to_string()))?;
         let desc = index
             .select(platform)
             .map_err(|e| Error::NotFound(e.to_string()))?;
@@ -1156,7 +1156,12 @@ impl RegistryClient {
 
     /// Uploads a blob unless a HEAD shows it exists: monolithic POST then
     /// PUT `?digest=`. The data is checked against `digest` first.
-    pub async fn push_blob(&self, r: &Reference, digest: &Digest, data: Bytes) -> Result<(), Error> {
+    pub async fn push_blob(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        data: Bytes,
+    ) -> Result<(), Error> {
         verify(digest, &data)?;
         let scope = push_scope(r);
         let what = format!("push blob {digest} to {r}");
@@ -1199,7 +1204,9 @@ impl RegistryClient {
                 let mut put_url = resp.url().join(loc).map_err(|e| {
                     Error::InvalidResponse(format!("bad upload Location {loc:?}: {e}"))
                 })?;
-                put_url.query_pairs_mut().append_pair("digest", &digest.to_string());
+                put_url
+                    .query_pairs_mut()
+                    .append_pair("digest", &digest.to_string());
                 req.method = Method::PUT;
                 req.url = put_url;
                 req.body = Some(data.clone());

@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use hologram_oci::{DOCKER_HUB, DOCKER_HUB_API_HOST};
 use crate::Error;
+use hologram_oci::{DOCKER_HUB, DOCKER_HUB_API_HOST};
 
 /// Which operations a host may be used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -47,7 +47,11 @@ pub async fn attach(
         artifact_type: Some(artifact_type.to_owned()),
         config: Descriptor::new(media_types::OCI_EMPTY, empty_digest, 2),
         layers: vec![Descriptor::new(artifact_type, blob_digest, blob_size)],
-        subject: Some(Descriptor::new(&subject.media_type, subject.digest, subject.size)),
+        subject: Some(Descriptor::new(
+            &subject.media_type,
+            subject.digest,
+            subject.size,
+        )),
         annotations: Default::default(),
     };
     let mbytes = Bytes::from(manifest.to_bytes());

@@ -12,10 +12,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::*;
+use hologram_remote::{Digest, Error, Reference, RegistryBlob, RegistryClient, RegistryConfig};
 use hologram_source::BlobSource;
-use hologram_remote::{Digest, 
-    Error, Reference, RegistryBlob, RegistryClient, RegistryConfig,
-};
 
 const REPO: &str = "test/repo";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -86,7 +84,7 @@ async fn bearer_token_is_fetched_cached_and_refreshed_mid_stream() {
     cfg.docker_config = Some(write_docker_config(tmp.path(), &srv.host(), "user", "pass"));
     let c = client(cfg);
     let r = reference(&srv.host());
-    let blob = RegistryBlob::new(c.clone(), r.clone(), digest.clone(), data.len() as u64);
+    let blob = RegistryBlob::new(c.clone(), r.clone(), digest, data.len() as u64);
 
     assert_eq!(&blob.read_at(0, 100).await.unwrap()[..], &data[0..100]);
     let unauthorized =
@@ -246,7 +244,7 @@ async fn redirects_keep_range_and_drop_authorization() {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode("u:p")
     );
-    let dg = digest.clone();
+    let dg = digest;
     let registry = MockServer::start(move |req| {
         if req.header("authorization") != Some(want.as_str()) {
             return Reply::status(401).header("WWW-Authenticate", "Basic realm=\"r\"");
@@ -341,7 +339,7 @@ async fn silent_server_fails_within_total_timeout() {
         "{took:?}"
     );
 
-    let blob = RegistryBlob::new(c.clone(), r.clone(), digest.clone(), 1 << 20);
+    let blob = RegistryBlob::new(c.clone(), r.clone(), digest, 1 << 20);
     let start = Instant::now();
     assert!(matches!(
         blob.read_at(100, 100).await,
@@ -390,10 +388,7 @@ async fn connection_refused_gives_transport_error_quickly() {
     let c = client(cfg);
     let r = reference(&format!("127.0.0.1:{}", dead_port()));
     let start = Instant::now();
-    let err = c
-        .read_range(&r, &Digest::of(b"x"), 0, 1)
-        .await
-        .unwrap_err();
+    let err = c.read_range(&r, &Digest::of(b"x"), 0, 1).await.unwrap_err();
     assert!(matches!(err, Error::Transport(_)), "{err}");
     assert!(start.elapsed() < Duration::from_secs(5));
 }
@@ -404,7 +399,7 @@ async fn manifest_bytes_are_verified() {
     let good = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#.to_vec();
     let good_digest = Digest::of(&good);
     let evil = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"evil":1},"layers":[]}"#.to_vec();
-    let (g, gd) = (good.clone(), good_digest.clone());
+    let (g, gd) = (good.clone(), good_digest);
     let srv = MockServer::start(move |req| {
         let p = req.path();
         if p.ends_with("/manifests/good") {
@@ -644,7 +639,7 @@ async fn hosts_toml_mirror_capabilities_headers_and_override_path() {
     let other_digest = Digest::of(&other);
     let manifest = br#"{"schemaVersion":2,"config":{},"layers":[]}"#.to_vec();
     let srv = simple_registry(vec![data.clone(), other.clone()], manifest.clone()).await;
-    let (d2, dg) = (data.clone(), digest.clone());
+    let (d2, dg) = (data.clone(), digest);
     let mirror = MockServer::start(move |req| {
         if req.path().ends_with(&dg.to_string()) {
             serve_range(req, &d2)

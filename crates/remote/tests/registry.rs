@@ -9,11 +9,10 @@ use std::process::Command;
 
 use bytes::Bytes;
 use common::*;
-use hologram_source::BlobSource;
-use hologram_remote::{Digest, 
-    media_types, Error, Platform, Reference, RegistryBlob,
-    RegistryClient,
+use hologram_remote::{
+    media_types, Digest, Error, Platform, Reference, RegistryBlob, RegistryClient,
 };
+use hologram_source::BlobSource;
 
 fn manifest_json(bytes: &[u8]) -> serde_json::Value {
     serde_json::from_slice(bytes).unwrap()
@@ -61,7 +60,7 @@ async fn pulls_image_pushed_by_skopeo() {
         assert_eq!(&whole[..], &layout_blob(&layout, digest)[..]);
         assert_eq!(c.blob_size(&r, digest).await.unwrap(), size);
 
-        let blob = RegistryBlob::new(c.clone(), r.clone(), digest.clone(), size);
+        let blob = RegistryBlob::new(c.clone(), r.clone(), *digest, size);
         assert_eq!(blob.digest(), digest);
         let mut probes = vec![
             (0, size.min(1)),

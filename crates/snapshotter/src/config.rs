@@ -126,6 +126,13 @@ pub struct RemoteSection {
     pub docker_config: Option<PathBuf>,
     /// Talk plain HTTP to registries not configured in hosts_dir (test setups).
     pub plain_http: bool,
+    /// Most TOC entries (files, directories, chunks) of one lazily served
+    /// layer; a layer with more is unpacked instead (loudly).
+    pub max_toc_entries: usize,
+    /// Most memory, MiB, the indexes of all lazily served layers may take
+    /// together (about 150 bytes per TOC entry); a layer that would go over
+    /// is unpacked instead (loudly).
+    pub index_memory_mib: u64,
 }
 
 impl Default for RemoteSection {
@@ -142,6 +149,8 @@ impl Default for RemoteSection {
             hosts_dir: Some(PathBuf::from(hologram_remote::DEFAULT_HOSTS_DIR)),
             docker_config: None,
             plain_http: false,
+            max_toc_entries: 500_000,
+            index_memory_mib: 512,
         }
     }
 }

@@ -6,8 +6,11 @@
 //!   Mounts, Commit, Remove, Stat, Update, List/Walk, Usage, Cleanup) arrives here;
 //! * `snapshotter.rs` — the operations themselves, over the metadata store
 //!   (`hologram-store`) and the snapshot directories;
-//! * `remote.rs` — remote snapshots: which layers are served lazily, mounting
-//!   them through `hologram-fs` (whose `LayerFs::read` is where read(2) lands);
+//! * `plan.rs` — the typed plan of an image-layer Prepare: labels parsed
+//!   once, the image's manifest and config fetched and checked once;
+//! * `remote.rs` — remote snapshots: mounting a planned layer through
+//!   `hologram-fs` (whose `LayerFs::read` is where read(2) lands), its check,
+//!   restoring mounts after a restart;
 //! * `trust.rs` — the witness check of an image before its layers are used;
 //! * `mounts.rs` — the mounts handed back to containerd;
 //! * `daemon.rs` — socket, server, signals; `config.rs` — configuration.
@@ -18,6 +21,7 @@ pub mod disk_usage;
 pub mod metrics;
 pub mod mountinfo;
 pub mod mounts;
+pub mod plan;
 pub mod remote;
 pub mod service;
 pub mod snapshotter;

@@ -22,6 +22,12 @@ use hologram_trust::{Mode, PublicKey};
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc returns freed memory to the system (glibc's allocator keeps a
+/// large freed index resident until `malloc_trim`), so unmounting a layer
+/// gives its index memory back.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A containerd snapshotter (proxy plugin) that serves containerd's
 /// snapshots API on a unix socket.
 #[derive(Parser, Debug)]
@@ -237,6 +243,8 @@ fn remote_config(r: &RemoteSection) -> RemoteConfig {
             ..RegistryConfig::default()
         },
         fuse_threads: r.fuse_threads.max(1),
+        max_toc_entries: r.max_toc_entries.max(1),
+        index_budget: r.index_memory_mib.saturating_mul(mib),
     }
 }
 

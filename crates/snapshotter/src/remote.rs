@@ -1,5 +1,5 @@
-//! Remote snapshots: deciding, from the labels containerd passes to Prepare,
-//! whether a layer can be served lazily, and mounting it.
+//! Remote layers: mounting a planned layer through FUSE, keeping it checked,
+//! and mounting it again after a restart.
 //!
 //! containerd's handshake (see `../shared/FIELD-NOTES.md` §1): during unpack,
 //! Prepare carries `containerd.io/snapshot.ref = <chainID>` plus layer labels.
@@ -9,92 +9,32 @@
 //! it — and we say so, loudly (a warning naming the layer and the reason, and
 //! a counted fallback), because silent fallbacks are what users of other lazy
 //! snapshotters complain about most.
+//!
+//! Every mounted layer carries the digests its image claims (blob and diff
+//! ID); its background pass checks them (`hologram_fs::layer`), and the
+//! verdict is recorded on the snapshot ([`labels::HOLOGRAM_VERIFIED`]). A bad
+//! layer fails every read and no new snapshot may be built on it.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use hologram_estargz::IndexLimits;
 use hologram_fs::cache::ChunkCache;
 use hologram_fs::fuse::MountedLayer;
-use hologram_fs::layer::{Layer, LayerConfig};
+use hologram_fs::layer::{Layer, LayerConfig, LayerDigests, Verdict, VerdictHook};
 use hologram_fs::observer::{NoObserver, Observer};
-use hologram_remote::{BlobSource, Reference, RegistryBlob, RegistryClient, RegistryConfig};
+use hologram_fs::MAX_TOC_REGION;
+use hologram_oci::{labels, Digest, Reference};
+use hologram_remote::{RegistryBlob, RegistryClient, RegistryConfig};
+use hologram_source::BlobSource;
+use hologram_store::MetaStore;
 use hologram_telemetry::Metrics;
 
 use crate::metrics::FsMetrics;
-
-/// The label containerd's unpacker sets to the layer's chain ID.
-pub const LABEL_SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
-/// CRI-style layer labels (containerd's `snapshotters.AppendInfoHandlerWrapper`).
-pub const LABEL_CRI_IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
-pub const LABEL_CRI_LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
-pub const LABEL_CRI_MANIFEST_DIGEST: &str = "containerd.io/snapshot/cri.manifest-digest";
-pub const LABEL_CRI_IMAGE_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
-/// stargz-snapshotter's own labels (`ctr-remote image rpull`).
-pub const LABEL_STARGZ_REFERENCE: &str = "containerd.io/snapshot/remote/stargz.reference";
-pub const LABEL_STARGZ_DIGEST: &str = "containerd.io/snapshot/remote/stargz.digest";
-pub const LABEL_STARGZ_LAYERS: &str = "containerd.io/snapshot/remote/stargz.layers";
-/// The layer annotation that carries the TOC digest; containerd forwards it
-/// as a label because of its `containerd.io/snapshot/` prefix.
-pub const LABEL_TOC_DIGEST: &str = hologram_estargz::TOC_DIGEST_ANNOTATION;
-/// Set on committed remote snapshots (the value stargz uses too).
-pub const LABEL_REMOTE: &str = "containerd.io/snapshot/remote";
-pub const REMOTE_VALUE: &str = "remote snapshot";
-/// Provenance we record on a remote snapshot: where its bytes come from.
-pub const LABEL_SOURCE: &str = "containerd.io/snapshot/hologram.source";
-pub const LABEL_SIZE: &str = "containerd.io/snapshot/hologram.blob-size";
-
-/// What the labels say about one layer that could be served remotely.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LayerRef {
-    pub chain_id: String,
-    pub image: String,
-    pub layer_digest: String,
-    pub toc_digest: Option<String>,
-    pub manifest_digest: Option<String>,
-    /// Blob size, when recorded on an earlier mount (restart needs no HEAD).
-    pub size: Option<u64>,
-}
-
-/// Reads the remote-snapshot labels. `None`: not an unpack of an image layer
-/// (no `snapshot.ref`), so nothing to decide. `Some(Err(reason))`: an image
-/// layer we cannot serve lazily, with the reason.
-pub fn layer_ref(labels: &BTreeMap<String, String>) -> Option<Result<LayerRef, String>> {
-    let chain_id = labels.get(LABEL_SNAPSHOT_REF)?.clone();
-    let image = labels
-        .get(LABEL_CRI_IMAGE_REF)
-        .or_else(|| labels.get(LABEL_STARGZ_REFERENCE));
-    let digest = labels
-        .get(LABEL_CRI_LAYER_DIGEST)
-        .or_else(|| labels.get(LABEL_STARGZ_DIGEST));
-    let (Some(image), Some(layer_digest)) = (image, digest) else {
-        return Some(Err(
-            "no layer labels (the client pulled without remote-snapshot labels, e.g. plain `ctr pull`; use `hologram pull` or CRI)"
-                .into(),
-        ));
-    };
-    Some(Ok(LayerRef {
-        chain_id,
-        image: image.clone(),
-        layer_digest: layer_digest.clone(),
-        toc_digest: labels.get(LABEL_TOC_DIGEST).cloned(),
-        manifest_digest: labels.get(LABEL_CRI_MANIFEST_DIGEST).cloned(),
-        size: labels.get(LABEL_SIZE).and_then(|s| s.parse().ok()),
-    }))
-}
-
-/// The chain ID in containerd's unpack key (`[<ns>/<n>/]extract-<id> <chain ID>`,
-/// `snapshots.UnpackKeyFormat`), for unpacks that carry no labels.
-pub fn unpack_chain_id(key: &str) -> Option<&str> {
-    let (head, chain) = key.rsplit_once(' ')?;
-    let hex = chain.strip_prefix("sha256:")?;
-    let is_digest = hex.len() == 64
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
-    let last = head.rsplit('/').next()?;
-    (is_digest && last.starts_with("extract-")).then_some(chain)
-}
+use crate::plan::LayerPlan;
 
 /// Settings of the remote path (from the config file and environment).
 #[derive(Debug, Clone)]
@@ -104,6 +44,10 @@ pub struct RemoteConfig {
     pub cache_limit: u64,
     pub registry: RegistryConfig,
     pub fuse_threads: usize,
+    /// Most TOC entries of one layer.
+    pub max_toc_entries: usize,
+    /// Most index memory of all mounted layers together, bytes.
+    pub index_budget: u64,
 }
 
 /// Why a layer is not served lazily: a short category (a metric label) and
@@ -129,14 +73,77 @@ impl std::fmt::Display for Fallback {
     }
 }
 
+/// The whole-blob check of a remote snapshot, as recorded in its labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckState {
+    Pending,
+    Verified,
+    Bad,
+}
+
+impl CheckState {
+    pub fn label(self) -> &'static str {
+        match self {
+            CheckState::Pending => "pending",
+            CheckState::Verified => "verified",
+            CheckState::Bad => "bad",
+        }
+    }
+
+    pub fn of(labels: &BTreeMap<String, String>) -> CheckState {
+        match labels.get(labels::HOLOGRAM_VERIFIED).map(String::as_str) {
+            Some("verified") => CheckState::Verified,
+            Some("bad") => CheckState::Bad,
+            _ => CheckState::Pending,
+        }
+    }
+}
+
+/// What a committed remote snapshot serves, read back from the labels the
+/// daemon wrote on it (parsed like any other label: typed, or unusable).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    pub layer: Digest,
+    pub toc: Digest,
+    pub diff_id: Digest,
+    pub size: u64,
+    pub image: Reference,
+    pub state: CheckState,
+}
+
+impl Served {
+    pub fn from_labels(l: &BTreeMap<String, String>) -> Result<Served, String> {
+        let get = |k: &str| l.get(k).ok_or_else(|| format!("no {k} label"));
+        let digest =
+            |k: &str| get(k).and_then(|v| Digest::parse(v).map_err(|e| format!("label {k}: {e}")));
+        Ok(Served {
+            layer: digest(labels::HOLOGRAM_LAYER)?,
+            toc: digest(labels::HOLOGRAM_TOC)?,
+            diff_id: digest(labels::HOLOGRAM_DIFF_ID)?,
+            size: get(labels::HOLOGRAM_BLOB_SIZE)?
+                .parse()
+                .map_err(|e| format!("label {}: {e}", labels::HOLOGRAM_BLOB_SIZE))?,
+            image: Reference::parse(get(labels::HOLOGRAM_IMAGE)?)
+                .map_err(|e| format!("label {}: {e}", labels::HOLOGRAM_IMAGE))?,
+            state: CheckState::of(l),
+        })
+    }
+}
+
+/// Where verdicts are recorded: the metadata store, once it is open.
+type StoreSlot = Arc<Mutex<Option<Arc<MetaStore>>>>;
+
 /// The remote layers this daemon serves.
 pub struct RemoteLayers {
     cfg: RemoteConfig,
     client: RegistryClient,
     cache: Arc<ChunkCache>,
     rt: tokio::runtime::Handle,
-    toc_dir: std::path::PathBuf,
+    toc_dir: PathBuf,
     mounts: Mutex<HashMap<u64, MountedLayer>>,
+    /// Snapshots whose layer failed its check.
+    bad: Arc<Mutex<HashSet<u64>>>,
+    store: StoreSlot,
     observer: Arc<dyn Observer>,
     metrics: Option<Arc<Metrics>>,
 }
@@ -171,12 +178,26 @@ impl RemoteLayers {
             rt,
             toc_dir,
             mounts: Mutex::new(HashMap::new()),
+            bad: Arc::new(Mutex::new(HashSet::new())),
+            store: Arc::new(Mutex::new(None)),
             observer: match &metrics {
                 Some(m) => Arc::new(FsMetrics::new(m)),
                 None => Arc::new(NoObserver),
             },
             metrics,
         })
+    }
+
+    /// Where verdicts are recorded (the snapshotter's store).
+    pub fn attach_store(&self, store: Arc<MetaStore>) {
+        if let Ok(mut s) = self.store.lock() {
+            *s = Some(store);
+        }
+    }
+
+    /// The registry client (shared with the layer plans).
+    pub fn client(&self) -> &RegistryClient {
+        &self.client
     }
 
     /// Counts a fallback (metric); the caller logs it.
@@ -194,160 +215,265 @@ impl RemoteLayers {
         &self.cache
     }
 
-    /// Mounts the layer at `mountpoint` and records it under snapshot `id`.
-    /// Returns the provenance labels to store with the committed snapshot.
+    /// Whether snapshot `id` serves a layer that failed its check.
+    pub fn is_bad(&self, id: u64) -> bool {
+        self.bad.lock().map(|b| b.contains(&id)).unwrap_or(true)
+    }
+
+    /// Marks snapshot `id` bad (restored from its labels at start).
+    pub fn mark_bad(&self, id: u64) {
+        if let Ok(mut b) = self.bad.lock() {
+            b.insert(id);
+        }
+    }
+
+    /// Mounts the planned layer at `mountpoint` as snapshot `id` (committed
+    /// as `name`). Returns the labels to store with the committed snapshot.
     pub fn mount(
         &self,
         id: u64,
-        lr: &LayerRef,
+        name: &str,
+        plan: &LayerPlan,
         mountpoint: &Path,
     ) -> Result<BTreeMap<String, String>, Fallback> {
+        let toc = plan
+            .toc_digest
+            .clone()
+            .map_err(|why| Fallback::new("not_estargz", why))?;
+        let served = Served {
+            layer: plan.layer.digest,
+            toc,
+            diff_id: plan.diff_id,
+            size: plan.layer.size,
+            image: plan.image.reference.clone(),
+            state: CheckState::Pending,
+        };
+        self.mount_served(id, name, &served, mountpoint)?;
+        let mut l = BTreeMap::new();
+        l.insert(labels::REMOTE.to_owned(), labels::REMOTE_VALUE.to_owned());
+        l.insert(labels::HOLOGRAM_SOURCE.to_owned(), "registry".to_owned());
+        l.insert(labels::HOLOGRAM_LAYER.to_owned(), served.layer.to_string());
+        l.insert(labels::HOLOGRAM_TOC.to_owned(), served.toc.to_string());
+        l.insert(
+            labels::HOLOGRAM_DIFF_ID.to_owned(),
+            served.diff_id.to_string(),
+        );
+        l.insert(
+            labels::HOLOGRAM_BLOB_SIZE.to_owned(),
+            served.size.to_string(),
+        );
+        l.insert(labels::HOLOGRAM_IMAGE.to_owned(), served.image.to_string());
+        l.insert(
+            labels::HOLOGRAM_MANIFEST.to_owned(),
+            plan.image.manifest_digest.to_string(),
+        );
+        l.insert(
+            labels::HOLOGRAM_VERIFIED.to_owned(),
+            CheckState::Pending.label().to_owned(),
+        );
+        Ok(l)
+    }
+
+    /// Mounts what `served` describes (a new layer, or one restored).
+    fn mount_served(
+        &self,
+        id: u64,
+        name: &str,
+        served: &Served,
+        mountpoint: &Path,
+    ) -> Result<(), Fallback> {
         if !self.cfg.enabled {
             return Err(Fallback::new(
                 "disabled",
                 "remote snapshots are disabled in the configuration",
             ));
         }
-        let reference = Reference::parse(&lr.image)
-            .map_err(|e| Fallback::new("other", format!("image reference {:?}: {e}", lr.image)))?;
-        let (toc_digest, size) = self.layer_facts(&reference, lr)?;
         let source: Arc<dyn BlobSource> = Arc::new(RegistryBlob::new(
             self.client.clone(),
-            reference,
-            lr.layer_digest.clone(),
-            size,
+            served.image.clone(),
+            served.layer,
+            served.size,
         ));
-        let index = self.rt.block_on(self.index_for(&*source, &toc_digest))?;
-        let layer = Arc::new(Layer::new(
+        let index = self.index_for(&*source, &served.toc)?;
+        self.check_budget(&index, served)?;
+        let mut layer = Layer::new(
             index,
             Arc::clone(&source),
             Arc::clone(&self.cache),
             self.rt.clone(),
             self.cfg.layer.clone(),
             Arc::clone(&self.observer),
-        ));
-        let mounted =
-            hologram_fs::fuse::mount(layer, mountpoint, self.cfg.fuse_threads).map_err(|e| {
+        );
+        if served.state == CheckState::Verified {
+            // Checked before a restart: nothing to compare again.
+        } else {
+            layer = layer.with_expected(
+                LayerDigests {
+                    blob: served.layer,
+                    diff_id: served.diff_id,
+                },
+                Some(self.verdict_hook(id, name)),
+            );
+        }
+        let mounted = hologram_fs::fuse::mount(Arc::new(layer), mountpoint, self.cfg.fuse_threads)
+            .map_err(|e| {
                 Fallback::new(
                     "mount_error",
                     format!("FUSE mount at {}: {e}", mountpoint.display()),
                 )
             })?;
-        if let Ok(mut m) = self.mounts.lock() {
-            m.insert(id, mounted);
+        match self.mounts.lock() {
+            Ok(mut m) => {
+                m.insert(id, mounted);
+                Ok(())
+            }
+            // Never drop (unmount) a fresh mount silently: say why.
+            Err(_) => Err(Fallback::new(
+                "other",
+                "internal error: the mount table is poisoned",
+            )),
         }
-        let mut labels = BTreeMap::new();
-        labels.insert(LABEL_REMOTE.to_owned(), REMOTE_VALUE.to_owned());
-        labels.insert(LABEL_SOURCE.to_owned(), source.source_kind().to_owned());
-        labels.insert(LABEL_TOC_DIGEST.to_owned(), toc_digest);
-        labels.insert(LABEL_SIZE.to_owned(), size.to_string());
-        Ok(labels)
     }
 
-    /// TOC digest (label, else the manifest's layer annotation) and blob size.
-    fn layer_facts(&self, reference: &Reference, lr: &LayerRef) -> Result<(String, u64), Fallback> {
-        let fetch_err = |what: &str, e: hologram_remote::Error| {
-            Fallback::new("fetch_error", format!("{what}: {e}"))
-        };
-        let Some(toc) = lr.toc_digest.clone() else {
-            let mut mref = reference.clone();
-            if let Some(d) = &lr.manifest_digest {
-                mref.digest = Some(d.clone());
+    /// Records a layer's verdict: in memory (refuses new snapshots on a bad
+    /// layer), on the snapshot (survives restarts) and in the metrics.
+    fn verdict_hook(&self, id: u64, name: &str) -> VerdictHook {
+        let (bad, store, metrics, name) = (
+            Arc::clone(&self.bad),
+            Arc::clone(&self.store),
+            self.metrics.clone(),
+            name.to_owned(),
+        );
+        Box::new(move |v: &Verdict| {
+            let state = match v {
+                Verdict::Pending => return,
+                Verdict::Verified => CheckState::Verified,
+                Verdict::Bad(_) => {
+                    if let Ok(mut b) = bad.lock() {
+                        b.insert(id);
+                    }
+                    CheckState::Bad
+                }
+            };
+            if let Some(m) = &metrics {
+                m.layer_check(state.label());
             }
-            let (_, manifest) = self
-                .rt
-                .block_on(self.client.resolve_platform(&mref))
-                .map_err(|e| fetch_err(&format!("fetching the manifest of {}", lr.image), e))?;
-            let doc: serde_json::Value = serde_json::from_slice(&manifest.bytes).map_err(|e| {
-                Fallback::new(
-                    "other",
-                    format!("manifest of {} is not JSON: {e}", lr.image),
-                )
-            })?;
-            let layer = doc["layers"]
-                .as_array()
-                .and_then(|ls| {
-                    ls.iter()
-                        .find(|l| l["digest"].as_str() == Some(lr.layer_digest.as_str()))
-                })
-                .ok_or_else(|| {
-                    Fallback::new(
-                        "other",
-                        format!(
-                            "layer {} is not in the manifest of {}",
-                            lr.layer_digest, lr.image
-                        ),
-                    )
-                })?;
-            let toc = layer["annotations"][LABEL_TOC_DIGEST]
-                .as_str()
-                .ok_or_else(|| {
-                    Fallback::new(
-                        "not_estargz",
-                        "not eStargz: the layer has no TOC digest annotation",
-                    )
-                })?;
-            let size = layer["size"]
-                .as_u64()
-                .ok_or_else(|| Fallback::new("other", "manifest layer has no size"))?;
-            return Ok((toc.to_owned(), size));
-        };
-        if let Some(size) = lr.size {
-            return Ok((toc, size));
+            let store = store.lock().ok().and_then(|s| s.clone());
+            if let Some(store) = store {
+                let info = hologram_store::Info {
+                    name: name.clone(),
+                    parent: String::new(),
+                    kind: hologram_store::Kind::Committed,
+                    labels: BTreeMap::from([(
+                        labels::HOLOGRAM_VERIFIED.to_owned(),
+                        state.label().to_owned(),
+                    )]),
+                    created_ns: 0,
+                    updated_ns: 0,
+                };
+                let path = format!("labels.{}", labels::HOLOGRAM_VERIFIED);
+                if let Err(e) = store.write(|t| t.update(&info, &[path])) {
+                    tracing::warn!(snapshot = %name, error = %e, "cannot record the layer's check");
+                }
+            }
+        })
+    }
+
+    /// Refuses a layer whose index would take the daemon's index memory
+    /// over its budget.
+    fn check_budget(
+        &self,
+        index: &hologram_estargz::Index,
+        served: &Served,
+    ) -> Result<(), Fallback> {
+        let mounted: u64 = self.layers().iter().map(|l| l.index().heap_bytes()).sum();
+        let this = index.heap_bytes();
+        if mounted + this > self.cfg.index_budget {
+            return Err(Fallback::new(
+                "over_budget",
+                format!(
+                    "the index of layer {} needs {} KiB; with the {} KiB of the layers mounted now that is over the {} KiB budget ([remote] index_memory_mib)",
+                    served.layer,
+                    this / 1024,
+                    mounted / 1024,
+                    self.cfg.index_budget / 1024
+                ),
+            ));
         }
-        let size = self
-            .rt
-            .block_on(self.client.blob_size(reference, &lr.layer_digest))
-            .map_err(|e| fetch_err(&format!("size of layer {}", lr.layer_digest), e))?;
-        Ok((toc, size))
+        Ok(())
+    }
+
+    fn limits(&self) -> IndexLimits {
+        IndexLimits {
+            max_entries: self.cfg.max_toc_entries,
+        }
     }
 
     /// The layer's index: from the local TOC copy when we have one (no
     /// network, so restarts do not depend on the registry), else fetched.
-    async fn index_for(
+    fn index_for(
         &self,
         source: &dyn BlobSource,
-        toc_digest: &str,
+        toc: &Digest,
     ) -> Result<hologram_estargz::Index, Fallback> {
-        let local = toc_digest
-            .strip_prefix("sha256:")
-            .map(|h| self.toc_dir.join(h));
-        if let Some(path) = &local {
-            if let Ok(region) = std::fs::read(path) {
-                match hologram_fs::index_from_region(&region, toc_digest, source.size()) {
+        // The file name is the digest's 64 hex digits: nothing else can be.
+        let path = self.toc_dir.join(toc.hex());
+        match read_toc_copy(&path) {
+            Ok(Some(region)) => {
+                match hologram_fs::index_from_region(&region, toc, source.size(), self.limits()) {
                     Ok(index) => return Ok(index),
                     Err(e) => {
                         tracing::warn!(path = %path.display(), error = %e, "local TOC copy unusable; fetching again");
-                        let _ = std::fs::remove_file(path);
+                        let _ = std::fs::remove_file(&path);
                     }
                 }
             }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "local TOC copy unreadable; fetching again")
+            }
         }
-        let (index, region) = hologram_fs::load_index(source, toc_digest)
-            .await
+        let (index, region) = self
+            .rt
+            .block_on(hologram_fs::load_index(source, toc, self.limits()))
             .map_err(|e| {
                 let category = match e {
                     hologram_fs::LoadError::Fetch { .. } => "fetch_error",
+                    hologram_fs::LoadError::Format {
+                        source: hologram_estargz::Error::InvalidToc(ref m),
+                        ..
+                    } if m.contains("limit") => "over_budget",
                     _ => "not_estargz",
                 };
                 Fallback::new(category, e.to_string())
             })?;
-        if let Some(path) = local {
-            let tmp = path.with_extension("tmp");
-            if std::fs::write(&tmp, &region)
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .is_err()
-            {
-                let _ = std::fs::remove_file(&tmp);
-            }
+        let tmp = self.toc_dir.join(format!(".tmp-{}", toc.hex()));
+        if std::fs::write(&tmp, &region)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .is_err()
+        {
+            let _ = std::fs::remove_file(&tmp);
         }
         Ok(index)
+    }
+
+    /// Runs the check of snapshot `id`'s layer now (bounded by `deadline`).
+    pub fn verify_now(&self, id: u64, deadline: std::time::Instant) -> Option<Verdict> {
+        let layer = self
+            .mounts
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&id).map(|l| Arc::clone(l.layer())))?;
+        Some(layer.verify_now(deadline))
     }
 
     /// Unmounts the layer of snapshot `id`, if it is one of ours.
     pub fn unmount(&self, id: u64) {
         let m = self.mounts.lock().ok().and_then(|mut m| m.remove(&id));
         drop(m);
+        if let Ok(mut b) = self.bad.lock() {
+            b.remove(&id);
+        }
     }
 
     /// Re-mounts a committed remote snapshot after a restart, from its labels
@@ -355,16 +481,16 @@ impl RemoteLayers {
     pub fn restore(
         &self,
         id: u64,
+        name: &str,
         labels: &BTreeMap<String, String>,
         mountpoint: &Path,
     ) -> Result<(), Fallback> {
-        let lr = match layer_ref(labels) {
-            Some(Ok(lr)) => lr,
-            Some(Err(e)) => return Err(Fallback::new("no_labels", e)),
-            None => return Err(Fallback::new("no_labels", "no snapshot.ref label")),
-        };
+        let served = Served::from_labels(labels).map_err(|e| Fallback::new("no_labels", e))?;
+        if served.state == CheckState::Bad {
+            self.mark_bad(id);
+        }
         crate::mountinfo::unmount_below(mountpoint);
-        self.mount(id, &lr, mountpoint).map(|_| ())
+        self.mount_served(id, name, &served, mountpoint)
     }
 
     /// Stops everything (daemon shutdown): unmounts all layers.
@@ -386,84 +512,108 @@ impl RemoteLayers {
     }
 }
 
+/// Reads a local TOC copy: a regular file (never a symlink, FIFO or device:
+/// opened with `O_NOFOLLOW | O_NONBLOCK` and checked), at most
+/// [`MAX_TOC_REGION`] bytes. `Ok(None)` when there is none.
+fn read_toc_copy(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    let f = match std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if meta.len() > MAX_TOC_REGION {
+        return Err(std::io::Error::other(format!(
+            "{} bytes, over {MAX_TOC_REGION}",
+            meta.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(meta.len() as usize);
+    f.take(MAX_TOC_REGION + 1).read_to_end(&mut out)?;
+    Ok(Some(out))
+}
+
+/// The labels a Prepare brings, minus the ones only the daemon may write.
+pub fn strip_reserved(mut l: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    l.retain(|k, _| !labels::is_reserved(k));
+    l
+}
+
+/// A snapshot that a Prepare of an existing chain may reuse, or why not.
+pub fn reuse(existing: &BTreeMap<String, String>, plan: &LayerPlan) -> Result<(), Fallback> {
+    if !existing.contains_key(labels::REMOTE) {
+        // Not ours: unpacked (and verified) by containerd.
+        return Ok(());
+    }
+    match Served::from_labels(existing) {
+        Ok(s) if s.state == CheckState::Bad => Err(Fallback::new(
+            "chain_conflict",
+            format!(
+                "chain {} is served by layer {} (image {}), which failed its check; unpacking this image's own layer {}",
+                plan.chain_id, s.layer, s.image, plan.layer.digest
+            ),
+        )),
+        Ok(s) if s.layer == plan.layer.digest || s.state == CheckState::Verified => Ok(()),
+        Ok(s) => Err(Fallback::new(
+            "chain_conflict",
+            format!(
+                "chain {} is served by layer {} of image {}, not yet checked against its diff ID; unpacking this image's own layer {} instead of sharing",
+                plan.chain_id, s.layer, s.image, plan.layer.digest
+            ),
+        )),
+        Err(e) => Err(Fallback::new(
+            "chain_conflict",
+            format!("chain {} exists with unreadable labels ({e})", plan.chain_id),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    #[test]
+    fn reserved_labels_are_dropped() {
+        let l = BTreeMap::from([
+            (labels::HOLOGRAM_VERIFIED.to_owned(), "verified".to_owned()),
+            (labels::HOLOGRAM_LAYER.to_owned(), "x".to_owned()),
+            (labels::REMOTE.to_owned(), "remote snapshot".to_owned()),
+            (labels::CRI_IMAGE_REF.to_owned(), "r/i:1".to_owned()),
+        ]);
+        let kept = strip_reserved(l);
+        assert_eq!(kept.keys().collect::<Vec<_>>(), [labels::CRI_IMAGE_REF]);
     }
 
     #[test]
-    fn unpack_keys_are_recognised() {
-        let chain = format!("sha256:{}", "ab".repeat(32));
-        assert_eq!(
-            unpack_chain_id(&format!("default/12/extract-123-abc {chain}")),
-            Some(chain.as_str())
-        );
-        assert_eq!(
-            unpack_chain_id(&format!("extract-9 {chain}")),
-            Some(chain.as_str())
-        );
-        assert_eq!(
-            unpack_chain_id(&format!("default/12/mycontainer {chain}")),
-            None
-        );
-        assert_eq!(unpack_chain_id("default/12/extract-1 sha256:short"), None);
-        assert_eq!(unpack_chain_id("default/3/ctr-rootfs"), None);
-    }
-
-    #[test]
-    fn no_snapshot_ref_means_no_decision() {
-        assert!(layer_ref(&labels(&[(LABEL_CRI_LAYER_DIGEST, "sha256:a")])).is_none());
-    }
-
-    #[test]
-    fn plain_ctr_pull_is_a_named_fallback() {
-        let r = layer_ref(&labels(&[(LABEL_SNAPSHOT_REF, "sha256:c")])).unwrap();
-        assert!(r.unwrap_err().contains("hologram pull"));
-    }
-
-    #[test]
-    fn cri_and_stargz_labels_are_both_understood() {
-        let cri = layer_ref(&labels(&[
-            (LABEL_SNAPSHOT_REF, "sha256:c"),
-            (LABEL_CRI_IMAGE_REF, "r/i:1"),
-            (LABEL_CRI_LAYER_DIGEST, "sha256:l"),
-            (LABEL_CRI_MANIFEST_DIGEST, "sha256:m"),
-            (LABEL_TOC_DIGEST, "sha256:t"),
-        ]))
-        .unwrap()
-        .unwrap();
-        assert_eq!(
-            cri,
-            LayerRef {
-                chain_id: "sha256:c".into(),
-                image: "r/i:1".into(),
-                layer_digest: "sha256:l".into(),
-                toc_digest: Some("sha256:t".into()),
-                manifest_digest: Some("sha256:m".into()),
-                size: None,
-            }
-        );
-        let sgz = layer_ref(&labels(&[
-            (LABEL_SNAPSHOT_REF, "sha256:c"),
-            (LABEL_STARGZ_REFERENCE, "r/i:2"),
-            (LABEL_STARGZ_DIGEST, "sha256:l2"),
-        ]))
-        .unwrap()
-        .unwrap();
-        assert_eq!(
-            (
-                sgz.image.as_str(),
-                sgz.layer_digest.as_str(),
-                sgz.toc_digest
-            ),
-            ("r/i:2", "sha256:l2", None)
+    fn toc_copies_are_regular_files_only() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(read_toc_copy(&d.path().join("none")).unwrap().is_none());
+        let f = d.path().join("f");
+        std::fs::write(&f, b"toc").unwrap();
+        assert_eq!(read_toc_copy(&f).unwrap().unwrap(), b"toc");
+        let link = d.path().join("l");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        assert!(read_toc_copy(&link).is_err(), "symlinks are not followed");
+        assert!(read_toc_copy(Path::new("/dev/zero")).is_err());
+        let fifo = d.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let t = std::time::Instant::now();
+        assert!(read_toc_copy(&fifo).is_err(), "a FIFO is refused");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "never blocks"
         );
     }
 }

@@ -30,11 +30,18 @@ use std::sync::Arc;
 use hologram_store::filter::Filter;
 use hologram_store::{Info, Kind, MetaStore, Snapshot, StoreError, Usage};
 
+use hologram_oci::labels;
+
 use crate::disk_usage::disk_usage;
 use crate::mountinfo::unmount_below;
 use crate::mounts::{mounts_for, Mount};
-use crate::remote::{self, Fallback, LayerRef, RemoteLayers, LABEL_REMOTE, LABEL_SNAPSHOT_REF};
+use crate::plan::{ImageError, Images, LayerPlan, LayerRequest};
+use crate::remote::{self, CheckState, Fallback, RemoteLayers};
 use crate::trust::TrustGate;
+
+/// How long a Prepare may wait for the check of the layer below it, when
+/// that layer came from another image (see [`Snapshotter::check_below`]).
+const CHECK_BELOW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Errors with a gRPC class; see `service.rs` for the mapping.
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -51,13 +58,15 @@ pub struct RootInUse(pub PathBuf);
 /// One snapshotter over one root directory.
 pub struct Snapshotter {
     root: PathBuf,
-    store: MetaStore,
+    store: Arc<MetaStore>,
     /// overlay supports `index=off` on this kernel (containerd sets it then).
     index_off: bool,
     /// Lazily served layers; `None` when the daemon runs without them.
     remote: Option<Arc<RemoteLayers>>,
     /// Witness verification of image layers; `None` when trust is off.
     trust: Option<Arc<TrustGate>>,
+    /// Manifests and configs of the images whose layers are prepared.
+    images: Option<Images>,
     /// Held for the daemon's lifetime: one owner per root.
     _lock: File,
 }
@@ -102,15 +111,22 @@ impl Snapshotter {
         // Ids must never be reused: start above every id that has a directory,
         // even one whose transaction never committed (see MetaStore docs).
         let floor = max_dir_id(&root.join("snapshots"))?;
-        let store = MetaStore::open_with_floor(&root.join("metadata.redb"), floor)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let store = Arc::new(
+            MetaStore::open_with_floor(&root.join("metadata.redb"), floor)
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
         let index_off = Path::new("/sys/module/overlay/parameters/index").exists();
+        let images = remote.as_ref().map(|r| {
+            r.attach_store(Arc::clone(&store));
+            Images::new(r.client().clone(), tokio::runtime::Handle::current())
+        });
         let sn = Snapshotter {
             root: root.to_owned(),
             store,
             index_off,
             remote,
             trust,
+            images,
             _lock: lock,
         };
         sn.restore_remote();
@@ -121,7 +137,8 @@ impl Snapshotter {
     /// fatal: the daemon must start even when a registry is unreachable.
     fn restore_remote(&self) {
         let Some(remote) = &self.remote else { return };
-        let Ok(filter) = Filter::parse_all(&[format!("kind==committed,labels.\"{LABEL_REMOTE}\"")])
+        let Ok(filter) =
+            Filter::parse_all(&[format!("kind==committed,labels.\"{}\"", labels::REMOTE)])
         else {
             return;
         };
@@ -133,7 +150,7 @@ impl Snapshotter {
                 continue;
             };
             let fs = self.dir(id).join("fs");
-            match remote.restore(id, &info.labels, &fs) {
+            match remote.restore(id, &info.name, &info.labels, &fs) {
                 Ok(()) => tracing::info!(snapshot = %info.name, "remote layer mounted again"),
                 Err(e) => tracing::error!(snapshot = %info.name, error = %e,
                     "cannot mount remote layer again; containers using it will fail to read"),
@@ -181,87 +198,94 @@ impl Snapshotter {
         parent: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<Vec<Mount>> {
+        let labels = remote::strip_reserved(labels);
         if kind == Kind::Active {
-            if let Some(decision) = remote::layer_ref(&labels) {
-                let chain_id = labels.get(LABEL_SNAPSHOT_REF).cloned().unwrap_or_default();
-                return self.prepare_layer(key, parent, labels, &chain_id, decision);
-            }
-            // containerd 1.6's `ctr image pull` unpacks through
-            // rootfs.ApplyLayer, which sends no labels at all: recognise its
-            // key, so such a layer is still an image layer — with no
-            // provenance — and not a silent plain snapshot.
-            if let Some(chain_id) = remote::unpack_chain_id(key) {
-                let reason = "no layer labels (the client unpacked without remote-snapshot labels, e.g. plain `ctr pull`; use `hologram pull` or CRI)";
-                return self.prepare_layer(key, parent, labels, chain_id, Err(reason.to_owned()));
+            match LayerRequest::parse(key, &labels) {
+                LayerRequest::NotALayer => {}
+                req => return self.prepare_layer(key, parent, labels, req),
             }
         }
+        self.create_plain(kind, key, parent, labels)
+    }
+
+    /// A snapshot for containerd to fill (or a container's rootfs), never on
+    /// a layer that failed its check.
+    fn create_plain(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Vec<Mount>> {
         let snap = self.store.write(|t| {
             let snap = t.create(kind, key, parent, labels)?;
+            self.refuse_bad_ancestors(&snap, parent)?;
             self.make_dir(&snap)?;
             Ok(snap)
         })?;
         Ok(self.mounts(&snap))
     }
 
-    /// Prepare of an image layer during unpack (`snapshot.ref` present): serve
-    /// it remotely if we can (commit under the chain ID and answer
-    /// AlreadyExists, so containerd skips download and unpack), otherwise a
-    /// plain active snapshot for containerd to unpack into, with a warning.
+    /// No snapshot may be built on a layer that failed its check.
+    fn refuse_bad_ancestors(&self, snap: &Snapshot, parent: &str) -> Result<()> {
+        let Some(r) = &self.remote else { return Ok(()) };
+        if snap.parent_ids.iter().any(|id| r.is_bad(*id)) {
+            return Err(StoreError::FailedPrecondition(format!(
+                "a layer below {parent:?} failed its check (its content is not what its image claims) and is no longer served; remove the image that brought it and pull again"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Prepare of an image layer during unpack, in order: the plan (labels
+    /// → verified manifest and config → layer), the trust gate, an existing
+    /// snapshot of the chain, the layer below, then create (transaction 1),
+    /// mount, commit under the chain ID (transaction 2) and answer
+    /// AlreadyExists, so containerd skips download and unpack. Anything that
+    /// cannot be served lazily becomes a plain active snapshot for
+    /// containerd to unpack into, said loudly.
     fn prepare_layer(
         &self,
         key: &str,
         parent: &str,
         labels: BTreeMap<String, String>,
-        chain_id: &str,
-        decision: std::result::Result<LayerRef, String>,
+        req: LayerRequest,
     ) -> Result<Vec<Mount>> {
-        let exists = || StoreError::AlreadyExists(format!("target snapshot {chain_id:?}"));
-        // Trust first: nothing of an image that fails its policy is mounted
-        // or unpacked, whatever else is already here.
+        let (plan, prov_labels) = match self.plan(req)? {
+            Ok(p) => p,
+            Err(reason) => return self.fallback(key, parent, labels, reason),
+        };
+        let chain = plan.chain_id.to_string();
+        let exists = || StoreError::AlreadyExists(format!("target snapshot {chain:?}"));
         let mut labels = labels;
-        let mut decision = decision;
-        if let Some(gate) = &self.trust {
-            let prov = gate.check_layer(chain_id, &labels)?;
-            if let (Some(p), Ok(lr)) = (&prov, &mut decision) {
-                // The verified manifest, not the client's labels, names the TOC.
-                let (toc, size) = crate::trust::layer_facts(p, &lr.layer_digest);
-                lr.toc_digest = toc.or(lr.toc_digest.take());
-                lr.size = size.or(lr.size);
-            }
-            labels.extend(gate.labels(prov.as_ref()));
-        }
+        labels.extend(prov_labels);
         // Already served (another namespace, an earlier pull): containerd
         // finds it with a Walk on the ref label and parent.
-        if let Ok((_, info, _)) = self.store.info(chain_id) {
+        if let Ok((_, info, _)) = self.store.info(&chain) {
             if info.kind == Kind::Committed && info.parent == parent {
-                return Err(exists());
+                match remote::reuse(&info.labels, &plan) {
+                    Ok(()) => return Err(exists()),
+                    Err(f) => return self.fallback(key, parent, labels, f),
+                }
             }
         }
-        let disabled = || Fallback::new("disabled", "remote snapshots are disabled");
-        let (lr, remote) = match (decision, self.remote.clone()) {
-            (Ok(lr), Some(r)) if r.enabled() => (lr, r),
-            (Ok(_), _) => return self.fallback(key, parent, labels, chain_id, disabled()),
-            (Err(reason), _) => {
-                return self.fallback(
-                    key,
-                    parent,
-                    labels,
-                    chain_id,
-                    Fallback::new("no_labels", reason),
-                )
-            }
+        self.check_below(&plan, parent)?;
+        let Some(remote) = self.remote.clone() else {
+            let f = Fallback::new("disabled", "remote snapshots are disabled");
+            return self.fallback(key, parent, labels, f);
         };
         let snap = self.store.write(|t| {
             let snap = t.create(Kind::Active, key, parent, labels.clone())?;
+            self.refuse_bad_ancestors(&snap, parent)?;
             self.make_dir(&snap)?;
             Ok(snap)
         })?;
         let fs_dir = self.dir(snap.id).join("fs");
-        let extra = match remote.mount(snap.id, &lr, &fs_dir) {
+        let extra = match remote.mount(snap.id, &chain, &plan, &fs_dir) {
             Ok(extra) => extra,
             Err(reason) => {
                 remote.record_fallback(&reason);
-                tracing::warn!(layer = %lr.layer_digest, image = %lr.image, reason = %reason,
+                tracing::warn!(layer = %plan.layer.digest, image = %plan.image.name(), reason = %reason,
                     "layer cannot be served lazily: containerd will download and unpack it");
                 return Ok(self.mounts(&snap));
             }
@@ -270,10 +294,10 @@ impl Snapshotter {
         commit_labels.extend(extra);
         match self
             .store
-            .write(|t| t.commit(key, chain_id, Usage::default(), commit_labels))
+            .write(|t| t.commit(key, &chain, Usage::default(), commit_labels))
         {
             Ok(_) => {
-                tracing::info!(layer = %lr.layer_digest, image = %lr.image, chain_id = %chain_id, "layer mounted lazily");
+                tracing::info!(layer = %plan.layer.digest, image = %plan.image.name(), chain_id = %chain, "layer mounted lazily");
                 Err(exists())
             }
             Err(e) => {
@@ -288,30 +312,145 @@ impl Snapshotter {
         }
     }
 
+    /// Makes the plan of an image-layer Prepare and puts it through the
+    /// trust gate. `Err` when refused; `Ok(Err)` when the layer is to be
+    /// unpacked (why); `Ok(Ok)` the plan and its provenance labels.
+    #[allow(clippy::type_complexity)]
+    fn plan(
+        &self,
+        req: LayerRequest,
+    ) -> Result<std::result::Result<(LayerPlan, BTreeMap<String, String>), Fallback>> {
+        let gate = self.trust.as_deref();
+        let unverifiable = |category: &'static str, reason: String| {
+            if let Some(g) = gate {
+                g.unverifiable(&reason)?;
+            }
+            Ok(Err(Fallback::new(category, reason)))
+        };
+        let labels = match req {
+            LayerRequest::NotALayer => {
+                return Ok(Err(Fallback::new("no_labels", "not an image layer")))
+            }
+            LayerRequest::Unlabelled { chain_id, why } => {
+                let reason = match chain_id {
+                    Some(c) => format!("layer {c} has no provenance: {why}"),
+                    None => why,
+                };
+                return unverifiable("no_labels", reason);
+            }
+            LayerRequest::Labelled(l) => l,
+        };
+        let (Some(images), true) = (&self.images, gate.is_some() || self.remote_enabled()) else {
+            return Ok(Err(Fallback::new(
+                "disabled",
+                "remote snapshots are disabled in the configuration",
+            )));
+        };
+        let facts = match images.facts(&labels.image, labels.manifest.as_ref()) {
+            Ok(f) => f,
+            // No policy lets bytes through that are not what they claim.
+            Err(ImageError::Invalid { image, reason }) => {
+                if let Some(g) = gate {
+                    g.unverifiable(&format!("image {image}: {reason}"))?;
+                }
+                return Err(StoreError::FailedPrecondition(format!(
+                    "image {image}: {reason}"
+                )));
+            }
+            Err(e @ ImageError::Unavailable { .. }) => {
+                return unverifiable("fetch_error", e.to_string())
+            }
+        };
+        let prov = match gate {
+            Some(g) => Some(g.check(&facts)?),
+            None => None,
+        };
+        let plan = match LayerPlan::new(&labels, facts) {
+            Ok(p) => p,
+            Err(m) => {
+                return unverifiable(
+                    "label_mismatch",
+                    format!("the layer labels do not fit the image: {m}"),
+                )
+            }
+        };
+        if !self.remote_enabled() {
+            return Ok(Err(Fallback::new(
+                "disabled",
+                "remote snapshots are disabled in the configuration",
+            )));
+        }
+        let prov_labels = gate.map(|g| g.labels(prov.as_ref())).unwrap_or_default();
+        Ok(Ok((plan, prov_labels)))
+    }
+
+    fn remote_enabled(&self) -> bool {
+        self.remote.as_ref().is_some_and(|r| r.enabled())
+    }
+
+    /// The layer below comes from the same image, or was checked: when
+    /// another image's layer serves the chain below (the same diff IDs
+    /// claimed by different bytes), it is checked now, and a Prepare on a
+    /// layer whose content is not what its image claims is refused.
+    fn check_below(&self, plan: &LayerPlan, parent: &str) -> Result<()> {
+        let (Some(below), Some(remote)) = (plan.layer_below(), &self.remote) else {
+            return Ok(());
+        };
+        let Ok((id, info, _)) = self.store.info(parent) else {
+            return Ok(()); // the store's own check reports a missing parent
+        };
+        let Ok(served) = remote::Served::from_labels(&info.labels) else {
+            return Ok(()); // unpacked by containerd, which verified it
+        };
+        if served.layer == below.digest || served.state == CheckState::Verified {
+            return Ok(());
+        }
+        let refuse = |why: String| {
+            StoreError::FailedPrecondition(format!(
+                "layer {} of image {} sits on chain {parent}, whose bytes come from layer {} of image {}: {why}",
+                plan.layer.digest,
+                plan.image.name(),
+                served.layer,
+                served.image
+            ))
+        };
+        if served.state == CheckState::Bad || remote.is_bad(id) {
+            return Err(refuse(
+                "that layer failed its check; remove the image that brought it and pull again"
+                    .into(),
+            ));
+        }
+        tracing::warn!(layer = %plan.layer.digest, below = %served.layer, "the layer below comes from another image and is not yet checked: checking it now");
+        let deadline = std::time::Instant::now() + CHECK_BELOW_TIMEOUT;
+        match remote.verify_now(id, deadline) {
+            Some(hologram_fs::layer::Verdict::Verified) => Ok(()),
+            Some(hologram_fs::layer::Verdict::Bad(why)) => Err(refuse(format!(
+                "that layer failed its check ({why}); remove the image that brought it and pull again"
+            ))),
+            _ => Err(refuse(
+                "that layer could not be checked in time; try again".into(),
+            )),
+        }
+    }
+
     /// A plain active snapshot for a layer we do not serve lazily, said loudly.
     fn fallback(
         &self,
         key: &str,
         parent: &str,
         labels: BTreeMap<String, String>,
-        chain_id: &str,
         reason: Fallback,
     ) -> Result<Vec<Mount>> {
         if let Some(r) = &self.remote {
             r.record_fallback(&reason);
         }
         let layer = labels
-            .get(remote::LABEL_CRI_LAYER_DIGEST)
-            .or_else(|| labels.get(remote::LABEL_STARGZ_DIGEST))
+            .get(labels::CRI_LAYER_DIGEST)
+            .or_else(|| labels.get(labels::STARGZ_DIGEST))
             .cloned()
-            .unwrap_or_else(|| format!("chain {chain_id}"));
+            .unwrap_or_else(|| format!("key {key}"));
         tracing::warn!(layer = %layer, reason = %reason, "layer cannot be served lazily: containerd will download and unpack it");
-        let snap = self.store.write(|t| {
-            let snap = t.create(Kind::Active, key, parent, labels)?;
-            self.make_dir(&snap)?;
-            Ok(snap)
-        })?;
-        Ok(self.mounts(&snap))
+        self.create_plain(Kind::Active, key, parent, labels)
     }
 
     /// Makes `snapshots/<id>` under a temporary name, then renames it into
@@ -359,7 +498,7 @@ impl Snapshotter {
 
     /// Commits active snapshot `key` as `name`.
     pub fn commit(&self, name: &str, key: &str, labels: BTreeMap<String, String>) -> Result<()> {
-        let mut labels = labels;
+        let mut labels = remote::strip_reserved(labels);
         self.store.write(|t| {
             // Usage is measured inside the transaction so nothing can remove
             // the directory between the measurement and the commit.
@@ -403,9 +542,36 @@ impl Snapshotter {
         Ok(self.store.info(key)?.1)
     }
 
-    /// Updates labels (see `Txn::update`).
+    /// Updates labels (see `Txn::update`). The labels only the daemon
+    /// writes (what a remote snapshot serves and whether it was checked)
+    /// cannot be set, changed or removed this way.
     pub fn update(&self, info: &Info, field_paths: &[String]) -> Result<Info> {
-        self.store.write(|t| t.update(info, field_paths))
+        let mut info = info.clone();
+        info.labels = remote::strip_reserved(std::mem::take(&mut info.labels));
+        let paths: Vec<String> = field_paths
+            .iter()
+            .filter(|p| {
+                p.strip_prefix("labels.")
+                    .is_none_or(|k| !labels::is_reserved(k))
+            })
+            .cloned()
+            .collect();
+        self.store.write(|t| {
+            let (_, current, _) = self.store.info(&info.name)?;
+            if paths.is_empty() && !field_paths.is_empty() {
+                return Ok(current); // only reserved labels were named
+            }
+            if paths.is_empty() || paths.iter().any(|p| p == "labels") {
+                for (k, v) in current
+                    .labels
+                    .iter()
+                    .filter(|(k, _)| labels::is_reserved(k))
+                {
+                    info.labels.insert(k.clone(), v.clone());
+                }
+            }
+            t.update(&info, &paths)
+        })
     }
 
     /// Disk use: measured now for active snapshots, recorded at commit for

@@ -1,24 +1,26 @@
 //! The trust gate: before an image layer is mounted lazily or unpacked,
-//! check the chain witness signature → UOR-ID → manifest bytes → layer.
+//! check the chain witness signature → UOR-ID → manifest bytes.
 //!
-//! For the layer's image (from the remote-snapshot labels) the gate fetches
-//! the manifest by digest (the registry client checks the bytes against the
-//! digest), computes its UOR-ID, gathers witnesses (the endpoint, the local
-//! witness directory), and verifies them locally against the trusted keys
-//! (`hologram-trust`). A server's `valid: true` is never trusted. The policy
-//! then allows, warns (counted) or, in enforce mode, refuses the Prepare with
-//! a message naming the image, its UOR-ID and the reason. Results are cached
-//! per manifest digest, so a pull verifies once, not once per layer.
+//! The gate receives an image whose manifest was fetched by digest and
+//! checked against it ([`ImageFacts`], from the layer plan), gathers
+//! witnesses of its UOR-ID (the endpoint, the local witness directory, the
+//! registry's attached artifacts), and verifies them locally against the
+//! trusted keys (`hologram-trust`). A server's `valid: true` is never
+//! trusted. The policy then allows, warns (counted) or, in enforce mode,
+//! refuses the Prepare with a message naming the image, its UOR-ID and the
+//! reason. Verdicts are cached per manifest digest, so a pull verifies once,
+//! not once per layer.
 //!
 //! Refused in both modes, because no policy makes them trustworthy: a
-//! manifest whose bytes do not match its digest, and a layer that is not in
-//! its image's manifest.
+//! manifest whose bytes do not match its digest (the plan's
+//! [`crate::plan::ImageError::Invalid`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use hologram_oci::Digest;
 use hologram_remote::{Reference, RegistryClient, RegistryConfig};
 use hologram_store::StoreError;
 use hologram_telemetry::Metrics;
@@ -26,10 +28,7 @@ use hologram_trust::{
     decide, verify_any, Decision, Envelope, Mode, PublicKey, UorId, WitnessResponse,
 };
 
-use crate::remote::{
-    LABEL_CRI_IMAGE_REF, LABEL_CRI_LAYER_DIGEST, LABEL_CRI_MANIFEST_DIGEST, LABEL_STARGZ_DIGEST,
-    LABEL_STARGZ_REFERENCE,
-};
+use crate::plan::ImageFacts;
 
 /// Provenance labels (with `HOLOGRAM_VERBOSE=1`).
 pub const LABEL_UOR_ID: &str = "hologram.uor_id";
@@ -61,18 +60,14 @@ pub struct TrustConfig {
 /// What the gate established about one image.
 #[derive(Debug, Clone)]
 pub struct Provenance {
-    pub image: String,
-    pub manifest_digest: String,
     pub uor_id: UorId,
-    /// The manifest, parsed (its bytes matched the digest).
-    pub manifest: serde_json::Value,
     pub witness_ok: bool,
 }
 
 #[derive(Debug, Clone)]
 enum Verdict {
     Allow(Provenance),
-    Warn(Option<Provenance>, String),
+    Warn(Provenance, String),
     Deny(String),
 }
 
@@ -82,7 +77,7 @@ pub struct TrustGate {
     client: RegistryClient,
     http: reqwest::Client,
     rt: tokio::runtime::Handle,
-    cache: Mutex<HashMap<String, (Instant, Verdict)>>,
+    cache: Mutex<HashMap<Digest, (Instant, Verdict)>>,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -133,30 +128,11 @@ impl TrustGate {
         }
     }
 
-    /// Checks the image of an image-layer Prepare. `Ok(Some)` with what was
-    /// established, `Ok(None)` when allowed without provenance (warn mode),
-    /// `Err` (FailedPrecondition) when refused.
-    pub fn check_layer(
-        &self,
-        chain_id: &str,
-        labels: &BTreeMap<String, String>,
-    ) -> Result<Option<Provenance>, StoreError> {
-        let image = labels
-            .get(LABEL_CRI_IMAGE_REF)
-            .or_else(|| labels.get(LABEL_STARGZ_REFERENCE));
-        let layer = labels
-            .get(LABEL_CRI_LAYER_DIGEST)
-            .or_else(|| labels.get(LABEL_STARGZ_DIGEST));
-        let (Some(image), Some(layer)) = (image, layer) else {
-            let reason = format!(
-                "layer {chain_id} has no provenance (the client passed no image or layer labels, as plain `ctr pull` does); pull with `hologram pull` or through CRI"
-            );
-            return self.no_verdict(&reason);
-        };
-        let manifest_digest = labels.get(LABEL_CRI_MANIFEST_DIGEST).cloned();
-        let key = manifest_digest
-            .clone()
-            .unwrap_or_else(|| format!("ref:{image}"));
+    /// Checks an image (its manifest already fetched by digest and
+    /// checked). `Ok` with what was established (allowed, or allowed with a
+    /// warning in warn mode); `Err` (FailedPrecondition) when refused.
+    pub fn check(&self, image: &ImageFacts) -> Result<Provenance, StoreError> {
+        let key = image.manifest_digest;
         let cached = self.cache.lock().ok().and_then(|c| {
             c.get(&key)
                 .filter(|(until, _)| *until > Instant::now())
@@ -165,7 +141,7 @@ impl TrustGate {
         let verdict = match cached {
             Some(v) => v,
             None => {
-                let (v, ttl) = self.evaluate(image, manifest_digest.as_deref());
+                let (v, ttl) = self.evaluate(image);
                 if let Ok(mut c) = self.cache.lock() {
                     c.retain(|_, (until, _)| *until > Instant::now());
                     c.insert(key, (Instant::now() + ttl, v.clone()));
@@ -174,22 +150,19 @@ impl TrustGate {
             }
         };
         match verdict {
-            Verdict::Allow(p) => {
-                in_manifest(&p, layer)?;
-                Ok(Some(p))
-            }
+            Verdict::Allow(p) => Ok(p),
             Verdict::Warn(p, reason) => {
-                if let Some(p) = &p {
-                    in_manifest(p, layer)?;
-                }
-                tracing::warn!(image = %image, reason = %reason, "image not verified; allowed because trust mode is warn");
+                tracing::warn!(image = %image.name(), reason = %reason, "image not verified; allowed because trust mode is warn");
                 Ok(p)
             }
             Verdict::Deny(reason) => Err(StoreError::FailedPrecondition(reason)),
         }
     }
 
-    fn no_verdict(&self, reason: &str) -> Result<Option<Provenance>, StoreError> {
+    /// A layer that cannot be checked at all (no provenance, its image
+    /// unreachable, labels that do not fit the image): refused in enforce
+    /// mode, allowed with a warning (and a count) otherwise.
+    pub fn unverifiable(&self, reason: &str) -> Result<(), StoreError> {
         self.count("no_provenance", false);
         if self.enforcing() {
             return Err(StoreError::FailedPrecondition(format!(
@@ -197,77 +170,23 @@ impl TrustGate {
             )));
         }
         tracing::warn!(reason = %reason, "unverified layer allowed because trust mode is warn");
-        Ok(None)
+        Ok(())
     }
 
-    /// Resolves, fetches witnesses, verifies; returns the verdict and how
+    /// Resolves witnesses and verifies them; returns the verdict and how
     /// long it may be cached.
-    fn evaluate(&self, image: &str, manifest_digest: Option<&str>) -> (Verdict, Duration) {
+    fn evaluate(&self, image: &ImageFacts) -> (Verdict, Duration) {
         let mode = self.cfg.mode;
-        let deny_or_warn = |p: Option<Provenance>, reason: String| match mode {
-            Mode::Enforce => (Verdict::Deny(reason), NEGATIVE_TTL),
-            Mode::Warn => (Verdict::Warn(p, reason), NEGATIVE_TTL),
-        };
-        let reference = match Reference::parse(image) {
-            Ok(mut r) => {
-                if let Some(d) = manifest_digest {
-                    r.digest = Some(d.to_owned());
-                }
-                r
-            }
-            Err(e) => return deny_or_warn(None, format!("image {image}: invalid reference: {e}")),
-        };
-        let fetched = self.rt.block_on(async {
-            if reference.digest.is_some() {
-                self.client.fetch_manifest(&reference).await
-            } else {
-                self.client
-                    .resolve_platform(&reference)
-                    .await
-                    .map(|(_, m)| m)
-            }
-        });
-        let manifest = match fetched {
-            Ok(m) => m,
-            Err(hologram_remote::Error::DigestMismatch { expected, actual }) => {
-                self.count("resolve", false);
-                // No mode lets this through: the registry served other bytes.
-                return (
-                    Verdict::Deny(format!(
-                        "image {image}: manifest served with bytes that do not match its digest (expected {expected}, got {actual})"
-                    )),
-                    NEGATIVE_TTL,
-                );
-            }
-            Err(e) => {
-                self.count("resolve", false);
-                return deny_or_warn(
-                    None,
-                    format!("image {image}: cannot fetch its manifest to verify it: {e}"),
-                );
-            }
-        };
+        let name = image.name();
+        let uor = image.uor_id;
         if let Some(m) = &self.metrics {
             m.resolver_op("resolve", "ok");
         }
-        let uor = UorId::of(&manifest.bytes);
-        let doc: serde_json::Value = match serde_json::from_slice(&manifest.bytes) {
-            Ok(d) => d,
-            Err(e) => {
-                return (
-                    Verdict::Deny(format!("image {image}: manifest is not JSON: {e}")),
-                    NEGATIVE_TTL,
-                )
-            }
-        };
-        let mut prov = Provenance {
-            image: image.to_owned(),
-            manifest_digest: manifest.digest.clone(),
+        let prov = Provenance {
             uor_id: uor,
-            manifest: doc,
             witness_ok: false,
         };
-        let (envelopes, notes) = self.witnesses(&uor, &reference, &manifest.digest);
+        let (envelopes, notes) = self.witnesses(&uor, &image.reference, &image.manifest_digest);
         let result = if self.cfg.keys.is_empty() {
             Err("no trusted witness keys are configured".to_owned())
         } else if envelopes.is_empty() {
@@ -281,7 +200,7 @@ impl TrustGate {
             verify_any(
                 &envelopes,
                 &self.cfg.keys,
-                &manifest.digest,
+                &image.manifest_digest,
                 &uor,
                 SystemTime::now(),
             )
@@ -292,19 +211,27 @@ impl TrustGate {
                 self.count("verify", true);
                 let decision = decide(mode, Ok(v.clone()));
                 debug_assert!(matches!(decision, Decision::Allow(_)));
-                tracing::info!(image = %image, uor_id = %uor, keyid = %v.keyid, "witness verified");
-                prov.witness_ok = true;
+                tracing::info!(image = %name, uor_id = %uor, keyid = %v.keyid, "witness verified");
                 let ttl = v
                     .expires_at
                     .duration_since(SystemTime::now())
                     .unwrap_or_default()
                     .min(POSITIVE_TTL);
-                (Verdict::Allow(prov), ttl)
+                (
+                    Verdict::Allow(Provenance {
+                        witness_ok: true,
+                        ..prov
+                    }),
+                    ttl,
+                )
             }
             Err(reason) => {
                 self.count("verify", false);
-                let full = format!("image {image} (UOR-ID {uor}) is not verified: {reason}");
-                deny_or_warn(Some(prov), full)
+                let full = format!("image {name} (UOR-ID {uor}) is not verified: {reason}");
+                match mode {
+                    Mode::Enforce => (Verdict::Deny(full), NEGATIVE_TTL),
+                    Mode::Warn => (Verdict::Warn(prov, full), NEGATIVE_TTL),
+                }
             }
         }
     }
@@ -316,7 +243,7 @@ impl TrustGate {
         &self,
         uor: &UorId,
         image: &Reference,
-        manifest_digest: &str,
+        manifest_digest: &Digest,
     ) -> (Vec<Envelope>, Vec<String>) {
         let mut out = Vec::new();
         let mut notes = Vec::new();
@@ -381,6 +308,11 @@ impl TrustGate {
 
     /// The provenance labels `HOLOGRAM_VERBOSE=1` adds to snapshots.
     pub fn labels(&self, p: Option<&Provenance>) -> BTreeMap<String, String> {
+        self.labels_for(p, "registry")
+    }
+
+    /// The provenance labels, naming the network the bytes come over.
+    pub fn labels_for(&self, p: Option<&Provenance>, network: &str) -> BTreeMap<String, String> {
         let mut l = BTreeMap::new();
         if !self.cfg.verbose {
             return l;
@@ -398,38 +330,7 @@ impl TrustGate {
             LABEL_ENFORCE_MODE.to_owned(),
             mode_name(self.cfg.mode).to_owned(),
         );
-        l.insert(LABEL_NETWORK.to_owned(), "registry".to_owned());
+        l.insert(LABEL_NETWORK.to_owned(), network.to_owned());
         l
-    }
-}
-
-/// The layer must belong to the verified manifest.
-fn in_manifest(p: &Provenance, layer: &str) -> Result<(), StoreError> {
-    let found = p.manifest["layers"]
-        .as_array()
-        .is_some_and(|ls| ls.iter().any(|l| l["digest"].as_str() == Some(layer)));
-    if found {
-        Ok(())
-    } else {
-        Err(StoreError::FailedPrecondition(format!(
-            "layer {layer} is not part of the manifest {} of image {} (UOR-ID {})",
-            p.manifest_digest, p.image, p.uor_id
-        )))
-    }
-}
-
-/// The manifest's record of `layer`: (TOC digest annotation, size).
-pub fn layer_facts(p: &Provenance, layer: &str) -> (Option<String>, Option<u64>) {
-    let entry = p.manifest["layers"]
-        .as_array()
-        .and_then(|ls| ls.iter().find(|l| l["digest"].as_str() == Some(layer)));
-    match entry {
-        Some(l) => (
-            l["annotations"][hologram_estargz::TOC_DIGEST_ANNOTATION]
-                .as_str()
-                .map(str::to_owned),
-            l["size"].as_u64(),
-        ),
-        None => (None, None),
     }
 }

@@ -70,8 +70,14 @@ pub const FALLBACK_REASONS: &[&str] = &[
     "fetch_error",
     "disabled",
     "mount_error",
+    "label_mismatch",
+    "chain_conflict",
+    "over_budget",
     "other",
 ];
+/// Outcomes of the whole-layer check (`result` label of
+/// `hologram_layer_checks_total`).
+pub const LAYER_CHECK_RESULTS: &[&str] = &["verified", "bad"];
 
 /// See [`Metrics::fuse_handles`]. Cheap to clone (every handle is an `Arc`).
 #[derive(Clone, Debug)]
@@ -436,6 +442,7 @@ pub struct Metrics {
     fetched_bytes: Family<SourceLabel, Counter>,
     cache_requests: Family<ResultLabel, Counter>,
     verification_failures: Counter,
+    layer_checks: Family<ResultLabel, Counter>,
     fallbacks: Family<ReasonLabel, Counter>,
     energy_hints: Family<HintLabel, FloatGauge>,
     lease_duration: FloatGauge,
@@ -594,6 +601,21 @@ impl Metrics {
             verification_failures.clone(),
         );
 
+        let layer_checks = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "hologram_layer_checks",
+            "Whole-layer checks of lazily served layers (blob digest and diff ID), by result",
+            Declared(layer_checks.clone()),
+        );
+        for result in LAYER_CHECK_RESULTS {
+            seed(
+                &layer_checks,
+                &ResultLabel {
+                    result: (*result).to_owned(),
+                },
+            );
+        }
+
         let fallbacks = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "hologram_remote_fallbacks",
@@ -645,6 +667,7 @@ impl Metrics {
             fetched_bytes,
             cache_requests,
             verification_failures,
+            layer_checks,
             fallbacks,
             energy_hints,
             lease_duration,
@@ -806,6 +829,20 @@ impl Metrics {
     /// A chunk whose content did not match its digest.
     pub fn chunk_verification_failure(&self) {
         self.verification_failures.inc();
+    }
+
+    /// The whole-layer check of a lazily served layer ended: `verified` or `bad`.
+    pub fn layer_check(&self, result: &str) {
+        let result = if LAYER_CHECK_RESULTS.contains(&result) {
+            result
+        } else {
+            OTHER
+        };
+        self.layer_checks
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     /// A layer that is not mounted remotely. `reason` should be one of

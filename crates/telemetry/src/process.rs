@@ -11,19 +11,17 @@ pub(crate) struct ProcessSample {
     pub open_fds: u64,
 }
 
-fn sysconf(name: libc::c_int) -> Option<u64> {
-    // SAFETY: sysconf only reads a system configuration value; it takes no
-    // pointers and has no preconditions.
-    let v = unsafe { libc::sysconf(name) };
+fn sysconf(var: nix::unistd::SysconfVar) -> Option<u64> {
+    let v = nix::unistd::sysconf(var).ok()??;
     u64::try_from(v).ok().filter(|v| *v > 0)
 }
 
 fn page_size() -> u64 {
-    sysconf(libc::_SC_PAGESIZE).unwrap_or(4096)
+    sysconf(nix::unistd::SysconfVar::PAGE_SIZE).unwrap_or(4096)
 }
 
 fn clock_ticks() -> u64 {
-    sysconf(libc::_SC_CLK_TCK).unwrap_or(100)
+    sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap_or(100)
 }
 
 /// Resident set size from `/proc/self/statm` (second field, in pages).

@@ -157,6 +157,7 @@ const SEED: &[(&str, &str)] = &[
     ("hologram_fetched_bytes", "counter"),
     ("hologram_cache_requests", "counter"),
     ("hologram_chunk_verification_failures", "counter"),
+    ("hologram_layer_checks", "counter"),
     ("hologram_remote_fallbacks", "counter"),
     ("hologram_energy_hints", "gauge"),
     ("hologram_lease_duration_seconds", "gauge"),

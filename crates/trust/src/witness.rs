@@ -18,9 +18,9 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use crate::{PublicKey, SigningKey, TrustError, UorId};
 use hologram_oci::time::{format_rfc3339, parse_rfc3339};
 use hologram_oci::Digest;
-use crate::{PublicKey, SigningKey, TrustError, UorId};
 
 /// The DSSE payloadType of a witness.
 pub const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
@@ -566,10 +566,7 @@ mod tests {
         assert_eq!(st["_type"], STATEMENT_TYPE);
         assert_eq!(st["predicateType"], PREDICATE_TYPE);
         assert_eq!(st["subject"][0]["name"], REF);
-        assert_eq!(
-            st["subject"][0]["digest"]["sha256"],
-            digest().hex()
-        );
+        assert_eq!(st["subject"][0]["digest"]["sha256"], digest().hex());
         assert_eq!(st["predicate"]["uor_id"], uor().to_string());
         assert_eq!(st["predicate"]["issued_at"], "2023-11-14T22:13:20Z");
         assert_eq!(st["predicate"]["expires_at"], "2023-11-15T22:13:20Z");

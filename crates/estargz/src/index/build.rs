@@ -508,8 +508,8 @@ impl Builder {
     /// Any entry but `chunk`.
     fn add_entry(&mut self, index: usize, e: &EntryRef<'_>) -> Result<(), Error> {
         let err = |r: String| entry_err(index, &e.name, r);
-        let kind = Kind::parse(&e.kind)
-            .ok_or_else(|| err(format!("unknown entry type {:?}", e.kind)))?;
+        let kind =
+            Kind::parse(&e.kind).ok_or_else(|| err(format!("unknown entry type {:?}", e.kind)))?;
         let path = clean_name(&e.name).map_err(err)?;
         if path.iter().any(|c| c.len() > MAX_NAME_LEN) {
             return Err(err(format!(

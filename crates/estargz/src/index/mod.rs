@@ -347,15 +347,10 @@ impl Index {
         let node = self.node(parent)?;
         let ents = self.dirents.get(node.dirents.range())?;
         let want = name.as_bytes();
-        ents.binary_search_by(|d| {
-            self.names
-                .get(d.name.range())
-                .unwrap_or_default()
-                .cmp(want)
-        })
-        .ok()
-        .and_then(|i| ents.get(i))
-        .map(|d| u64::from(d.ino))
+        ents.binary_search_by(|d| self.names.get(d.name.range()).unwrap_or_default().cmp(want))
+            .ok()
+            .and_then(|i| ents.get(i))
+            .map(|d| u64::from(d.ino))
     }
 
     /// Entries of directory `dir`, sorted by name (byte order); empty for

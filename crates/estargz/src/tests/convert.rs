@@ -414,12 +414,7 @@ fn round_trip_every_entry_type() {
                 assert_eq!(read_file(&idx, ino, &blob), w.data, "{}", w.path);
             }
             NodeKind::Symlink => {
-                assert_eq!(
-                    idx.link_target(n),
-                    w.link.map(OsStr::new),
-                    "{}",
-                    w.path
-                );
+                assert_eq!(idx.link_target(n), w.link.map(OsStr::new), "{}", w.path);
             }
             _ => {}
         }
@@ -453,7 +448,10 @@ fn round_trip_every_entry_type() {
         (NodeKind::Char, 0, 0, 0)
     );
     let opq = idx.node(path(&idx, "opq").unwrap()).unwrap();
-    assert_eq!(idx.xattrs(opq).unwrap()[OsStr::new("trusted.overlay.opaque")], b"y");
+    assert_eq!(
+        idx.xattrs(opq).unwrap()[OsStr::new("trusted.overlay.opaque")],
+        b"y"
+    );
     assert_eq!(idx.children(opq.ino).len(), 1);
     let implied = idx.node(path(&idx, "implied/a").unwrap()).unwrap();
     assert_eq!((implied.kind, implied.mode), (NodeKind::Dir, 0o755));
@@ -519,7 +517,9 @@ fn prioritized_files_come_first() {
     for p in ["data/big", "etc/passwd"] {
         let n = idx.node(path(&idx, p).unwrap()).unwrap();
         assert!(
-            idx.chunks(n).iter().all(|c| c.blob_offset + c.blob_len <= end),
+            idx.chunks(n)
+                .iter()
+                .all(|c| c.blob_offset + c.blob_len <= end),
             "{p}"
         );
     }

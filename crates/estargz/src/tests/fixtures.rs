@@ -70,7 +70,11 @@ fn check_fixture(name: &str) -> (Toc, Index, Vec<u8>) {
     flate2::read::MultiGzDecoder::new(&f.blob[..])
         .read_to_end(&mut unz)
         .unwrap();
-    assert_eq!(sha(&unz).to_string(), f.meta["diff_id"].as_str().unwrap(), "{name}");
+    assert_eq!(
+        sha(&unz).to_string(),
+        f.meta["diff_id"].as_str().unwrap(),
+        "{name}"
+    );
     assert_eq!(
         unz.len().to_string(),
         f.annotation(UNCOMPRESSED_SIZE_ANNOTATION)
@@ -106,11 +110,11 @@ fn check_fixture(name: &str) -> (Toc, Index, Vec<u8>) {
         .lookup(path(&idx, "old").unwrap(), OsStr::new(".wh.removed"))
         .is_none());
     let opq = idx.node(path(&idx, "opq").unwrap()).unwrap();
-    assert_eq!(idx.xattrs(opq).unwrap()[OsStr::new("trusted.overlay.opaque")], b"y");
-    let names: Vec<_> = idx
-        .children(opq.ino)
-        .map(|(n, _)| n.to_owned())
-        .collect();
+    assert_eq!(
+        idx.xattrs(opq).unwrap()[OsStr::new("trusted.overlay.opaque")],
+        b"y"
+    );
+    let names: Vec<_> = idx.children(opq.ino).map(|(n, _)| n.to_owned()).collect();
     assert_eq!(names, ["new.txt"]);
     for d in ["implied", "implied/a", "implied/a/b"] {
         let n = idx.node(path(&idx, d).unwrap()).unwrap();
@@ -128,7 +132,10 @@ fn check_fixture(name: &str) -> (Toc, Index, Vec<u8>) {
     assert_eq!(idx.node(path(&idx, "tmp").unwrap()).unwrap().mode, 0o1777);
     let data = idx.node(path(&idx, "data").unwrap()).unwrap();
     assert_eq!((data.mode, data.uid), (0o750, 1000));
-    assert_eq!(idx.xattrs(data).unwrap()[OsStr::new("user.comment")], b"hello xattr");
+    assert_eq!(
+        idx.xattrs(data).unwrap()[OsStr::new("user.comment")],
+        b"hello xattr"
+    );
     let null = idx.node(path(&idx, "dev/null").unwrap()).unwrap();
     assert_eq!(
         (null.kind, null.rdev_major, null.rdev_minor, null.mode),

@@ -765,10 +765,17 @@ fn streaming_refuses_what_building_refuses() {
 fn bytes_per_entry_stay_small() {
     let mut entries = vec![dir("usr/"), dir("usr/share/")];
     for i in 0..20_000 {
-        entries.push(reg(&format!("usr/share/d{}/file-{i}.txt", i % 100), 100, 1000 + i * 64));
+        entries.push(reg(
+            &format!("usr/share/d{}/file-{i}.txt", i % 100),
+            100,
+            1000 + i * 64,
+        ));
     }
     let idx = Index::build(&toc(entries), 1 << 30).unwrap();
     let per_entry = idx.heap_bytes() / 20_002;
-    eprintln!("index: {} bytes, {per_entry} bytes per TOC entry", idx.heap_bytes());
+    eprintln!(
+        "index: {} bytes, {per_entry} bytes per TOC entry",
+        idx.heap_bytes()
+    );
     assert!(per_entry < 200, "{per_entry} bytes per entry");
 }
