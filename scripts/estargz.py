@@ -21,7 +21,20 @@ Usage:
                  may serve;
                  VARIANT "bad-digest": /good.txt and /bad.txt whose TOC
                  chunkDigest is the digest of other bytes — a valid TOC
-                 whose chunk cannot verify.
+                 whose chunk cannot verify;
+                 VARIANT "plain": /good.txt only (with --secret TEXT also
+                 /secret.txt).
+
+        Options that make an image hostile in other ways:
+          --passwd TEXT          /etc/passwd of layer 1 (tells images apart)
+          --good TEXT            /good.txt of layer 2
+          --layers 1             only layer 1
+          --claim-diff-id I=D    the config claims diff ID D for layer I
+                                 (chain IDs follow the claim)
+          --annotate I:KEY=VAL   sets an annotation of layer I's descriptor
+                                 (repeatable; overrides the TOC digest too)
+          --extra-entries N      N more (empty directory) entries in layer
+                                 2's TOC (a huge index from a tiny blob)
 
         Prints a JSON summary: manifest_digest, layers, toc_digests, diff_ids,
         chain_ids, and "files": path -> content.
@@ -142,14 +155,14 @@ class EstargzWriter:
         }
 
 
-def base_layer(busybox):
+def base_layer(busybox, passwd=b"root:x:0:0:root:/root:/bin/sh\n"):
     w = EstargzWriter()
     w.dir("bin/")
     w.file("bin/busybox", busybox, mode=0o755)
     for a in sorted(APPLETS):
         w.symlink("bin/" + a, "busybox")
     w.dir("etc/")
-    w.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+    w.file("etc/passwd", passwd)
     w.dir("tmp/", mode=0o1777)
     return w.finish()
 
@@ -159,11 +172,18 @@ BAD = b"this file's TOC chunkDigest is wrong\n"
 EVIL = b"escaped the layer root\n"
 
 
-def hostile_layer(variant):
+def hostile_layer(variant, good=GOOD, secret=None, extra_entries=0):
     w = EstargzWriter()
-    w.file("good.txt", GOOD)
-    files = {"good.txt": GOOD.decode()}
-    if variant == "escape":
+    w.file("good.txt", good)
+    files = {"good.txt": good.decode()}
+    for i in range(extra_entries):
+        # Minimal TOC entries (no tar entry): only the index grows.
+        w.entries.append({"name": "x%d/" % i, "type": "dir"})
+    if variant == "plain":
+        if secret is not None:
+            w.file("secret.txt", secret)
+            files["secret.txt"] = secret.decode()
+    elif variant == "escape":
         w.file("../etc/evil", EVIL)
         files["../etc/evil"] = EVIL.decode()
     elif variant == "bad-digest":
@@ -189,8 +209,18 @@ def cmd_hostile(args):
     with open(args.busybox, "rb") as f:
         busybox = f.read()
     os.makedirs(os.path.join(args.out, "blobs", "sha256"), exist_ok=True)
-    hostile, files = hostile_layer(args.variant)
-    layers = [base_layer(busybox), hostile]
+    passwd = (args.passwd.encode() if args.passwd is not None
+              else b"root:x:0:0:root:/root:/bin/sh\n")
+    layers = [base_layer(busybox, passwd)]
+    files = {"etc/passwd": passwd.decode()}
+    if args.layers == 2:
+        hostile, top_files = hostile_layer(
+            args.variant,
+            good=args.good.encode() if args.good is not None else GOOD,
+            secret=args.secret.encode() if args.secret is not None else None,
+            extra_entries=args.extra_entries)
+        layers.append(hostile)
+        files.update(top_files)
     descs = []
     for layer in layers:
         digest = write_blob(args.out, layer["blob"])
@@ -203,7 +233,15 @@ def cmd_hostile(args):
                 SIZE_ANNOTATION: str(layer["uncompressed_size"]),
             },
         })
+    for a in args.annotate:
+        where, kv = a.split(":", 1)
+        key, value = kv.split("=", 1)
+        descs[int(where)]["annotations"][key] = value
     diff_ids = [layer["diff_id"] for layer in layers]
+    real_diff_ids = list(diff_ids)
+    for c in args.claim_diff_id:
+        i, d = c.split("=", 1)
+        diff_ids[int(i)] = d
     chain_ids = []
     for d in diff_ids:
         chain_ids.append(d if not chain_ids else sha256(f"{chain_ids[-1]} {d}".encode()))
@@ -245,6 +283,7 @@ def cmd_hostile(args):
         "layers": [d["digest"] for d in descs],
         "toc_digests": [layer["toc_digest"] for layer in layers],
         "diff_ids": diff_ids,
+        "real_diff_ids": real_diff_ids,
         "chain_ids": chain_ids,
         "files": files,
     }, sys.stdout, indent=2)
@@ -290,8 +329,15 @@ def main(argv):
     h = sub.add_parser("hostile", help="write a hostile eStargz image layout")
     h.add_argument("out")
     h.add_argument("tag")
-    h.add_argument("--variant", required=True, choices=["escape", "bad-digest"])
+    h.add_argument("--variant", default="plain", choices=["escape", "bad-digest", "plain"])
     h.add_argument("--busybox", default="/bin/busybox")
+    h.add_argument("--passwd")
+    h.add_argument("--good")
+    h.add_argument("--secret")
+    h.add_argument("--layers", type=int, default=2, choices=[1, 2])
+    h.add_argument("--claim-diff-id", action="append", default=[])
+    h.add_argument("--annotate", action="append", default=[])
+    h.add_argument("--extra-entries", type=int, default=0)
     args = ap.parse_args(argv)
     if args.cmd == "toc":
         cmd_toc(args)

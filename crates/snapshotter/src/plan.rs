@@ -32,6 +32,9 @@ const FACTS_TTL: Duration = Duration::from_secs(600);
 /// Most images whose facts are kept.
 const FACTS_MAX: usize = 256;
 
+/// Why an unpack without image labels cannot be served lazily (or verified).
+const NO_LABELS: &str = "the client passed no image or layer labels, as plain `ctr pull` does; pull with `hologram pull` or through CRI";
+
 /// What the labels of one Prepare say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LayerRequest {
@@ -72,7 +75,7 @@ impl LayerRequest {
             return match unpack_chain_id(key) {
                 Some(chain_id) => LayerRequest::Unlabelled {
                     chain_id: Some(chain_id),
-                    why: "no layer labels (the client unpacked without remote-snapshot labels, e.g. plain `ctr pull`; use `hologram pull` or CRI)".into(),
+                    why: NO_LABELS.into(),
                 },
                 None => LayerRequest::NotALayer,
             };
@@ -99,10 +102,7 @@ impl LayerRequest {
             pick(labels::CRI_IMAGE_REF, labels::STARGZ_REFERENCE),
             pick(labels::CRI_LAYER_DIGEST, labels::STARGZ_DIGEST),
         ) else {
-            return unlabelled(
-                "no layer labels (the client pulled without remote-snapshot labels, e.g. plain `ctr pull`; use `hologram pull` or CRI)"
-                    .into(),
-            );
+            return unlabelled(NO_LABELS.into());
         };
         let image = match Reference::parse(image) {
             Ok(r) => r,
@@ -151,7 +151,9 @@ pub fn unpack_chain_id(key: &str) -> Option<Digest> {
 /// An image's manifest and config, fetched and checked.
 #[derive(Debug, Clone)]
 pub struct ImageFacts {
-    /// The image as labelled (for messages), and the repository fetched.
+    /// The image as the labels name it (for messages).
+    pub labelled: Reference,
+    /// The repository, by manifest digest (what is fetched).
     pub reference: Reference,
     pub manifest_digest: Digest,
     /// The manifest's exact bytes (its UOR-ID is computed from them).
@@ -164,9 +166,9 @@ pub struct ImageFacts {
 }
 
 impl ImageFacts {
-    /// The image's name for messages: `repo:tag@digest`.
+    /// The image's name for messages, as the labels give it.
     pub fn name(&self) -> String {
-        self.reference.to_string()
+        self.labelled.to_string()
     }
 }
 
@@ -283,6 +285,7 @@ impl Images {
             chain_ids: hologram_oci::chain_ids(&diff_ids),
             diff_ids,
             uor_id: UorId::of(&fetched.bytes),
+            labelled: image.clone(),
             reference: repo,
             manifest_digest: fetched.digest,
             manifest_bytes: fetched.bytes,
@@ -477,7 +480,9 @@ mod tests {
         ));
         let plain = LayerRequest::parse("k", &labels(&[(labels::SNAPSHOT_REF, &chain)]));
         match plain {
-            LayerRequest::Unlabelled { why, .. } => assert!(why.contains("hologram pull")),
+            LayerRequest::Unlabelled { why, .. } => {
+                assert!(why.contains("pull with `hologram pull` or through CRI"))
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -501,6 +506,7 @@ mod tests {
         }
         let bytes = Bytes::from(m.to_bytes());
         Arc::new(ImageFacts {
+            labelled: Reference::parse("r.example/i:1").unwrap(),
             reference: Reference::parse("r.example/i:1").unwrap(),
             manifest_digest: Digest::of(&bytes),
             uor_id: UorId::of(&bytes),

@@ -333,7 +333,7 @@ impl Snapshotter {
             }
             LayerRequest::Unlabelled { chain_id, why } => {
                 let reason = match chain_id {
-                    Some(c) => format!("layer {c} has no provenance: {why}"),
+                    Some(c) => format!("layer {c} has no provenance ({why})"),
                     None => why,
                 };
                 return unverifiable("no_labels", reason);
