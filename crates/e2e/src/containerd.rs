@@ -234,6 +234,30 @@ impl Containerd {
         cmd
     }
 
+    /// `ctr` in namespace `ns` (not this instance's own); stdout, or an
+    /// error with the output when it fails.
+    pub fn ctr_ns(&self, ns: &str, args: &[&str]) -> Result<String> {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(&self.address)
+            .arg("--namespace")
+            .arg(ns)
+            .args(args);
+        let out = run_with_timeout(&mut cmd, CTR_TIMEOUT)
+            .with_context(|| format!("ctr -n {ns} {}", args.join(" ")))?;
+        if !out.status.success() {
+            bail!(
+                "`ctr -n {ns} {}` failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}\n{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.diagnostics()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Runs ctr and returns its raw output, whatever the exit status.
     pub fn ctr_raw(&self, args: &[&str]) -> Result<Output> {
         run_with_timeout(&mut self.ctr_command(args), CTR_TIMEOUT)

@@ -454,6 +454,59 @@ impl LazyEnv {
         Ok(Pushed { reference, summary })
     }
 
+    /// Builds an image with `scripts/estargz.py hostile ARGS...` (see its
+    /// help: `--passwd`, `--claim-diff-id`, `--annotate`, ...) and pushes it.
+    pub fn push_crafted(&self, repo_tag: &str, args: &[&str]) -> Result<Pushed> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let layout = self
+            .dir()
+            .join(format!("crafted{}", N.fetch_add(1, Ordering::Relaxed)));
+        let layout_s = layout.display().to_string();
+        let mut full = vec!["hostile", layout_s.as_str(), "img"];
+        full.extend_from_slice(args);
+        let out = run_script("estargz.py", &full, Duration::from_secs(120))?;
+        let summary: serde_json::Value =
+            serde_json::from_str(&out).context("estargz.py summary")?;
+        let reference = self.push_layout(&layout, "img", repo_tag)?;
+        Ok(Pushed { reference, summary })
+    }
+
+    /// Prepare sent straight to the daemon's socket (as containerd's
+    /// metadata layer would forward it): the mounts, or the refusal.
+    pub fn prepare_direct(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<std::result::Result<usize, tonic::Status>> {
+        use hologram_api::snapshots::snapshots_client::SnapshotsClient;
+        use hologram_api::snapshots::PrepareSnapshotRequest;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("tokio runtime")?;
+        let socket = self.snapshotter.socket().to_path_buf();
+        let req = PrepareSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: key.into(),
+            parent: parent.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        rt.block_on(async move {
+            let channel = hologram_api::connect_unix(&socket)
+                .await
+                .with_context(|| format!("connecting to {}", socket.display()))?;
+            let mut client = SnapshotsClient::new(channel);
+            let res = tokio::time::timeout(Duration::from_secs(300), client.prepare(req))
+                .await
+                .context("Prepare timed out")?;
+            Ok(res.map(|r| r.into_inner().mounts.len()))
+        })
+    }
+
     /// `hologram convert --plain-http SRC DST` (`extra` goes before SRC).
     pub fn convert(&self, src: &str, dst: &str, extra: &[&str]) -> Result<String> {
         let mut args = vec!["convert", "--plain-http"];
@@ -465,17 +518,27 @@ impl LazyEnv {
 
     /// `hologram pull` through our containerd, whatever the outcome.
     pub fn hologram_pull_raw(&self, reference: &str) -> Result<Output> {
+        self.hologram_pull_in(self.containerd.namespace(), reference)
+    }
+
+    /// `hologram pull` into namespace `ns`, whatever the outcome.
+    pub fn hologram_pull_in(&self, ns: &str, reference: &str) -> Result<Output> {
         let address = self.containerd.address().display().to_string();
+        let socket = self.snapshotter.socket().display().to_string();
         hologram(
             &[
                 "pull",
                 "--address",
                 &address,
                 "-n",
-                self.containerd.namespace(),
+                ns,
                 "--plain-http",
                 "--snapshotter",
                 SNAPSHOTTER,
+                "--snapshotter-socket",
+                &socket,
+                "--check-timeout",
+                "120",
                 reference,
             ],
             CLI_TIMEOUT,

@@ -261,12 +261,10 @@ impl Snapshotter {
         labels.extend(prov_labels);
         // Already served (another namespace, an earlier pull): containerd
         // finds it with a Walk on the ref label and parent.
-        if let Ok((_, info, _)) = self.store.info(&chain) {
-            if info.kind == Kind::Committed && info.parent == parent {
-                match remote::reuse(&info.labels, &plan) {
-                    Ok(()) => return Err(exists()),
-                    Err(f) => return self.fallback(key, parent, labels, f),
-                }
+        if let Some(info) = self.committed_chain(&chain, parent)? {
+            match remote::reuse(&info.labels, &plan) {
+                Ok(()) => return Err(exists()),
+                Err(f) => return self.fallback(key, parent, labels, f),
             }
         }
         self.check_below(&plan, parent)?;
@@ -281,7 +279,15 @@ impl Snapshotter {
             Ok(snap)
         })?;
         let fs_dir = self.dir(snap.id).join("fs");
-        let extra = match remote.mount(snap.id, &chain, &plan, &fs_dir) {
+        // The chain's own name, unless a snapshot of the chain on another
+        // parent has it (a lower layer unpacked apart in another namespace):
+        // containerd finds remote snapshots by label and parent, not name.
+        let name = if self.store.info(&chain).is_ok() {
+            format!("{chain}/{}", snap.id)
+        } else {
+            chain.clone()
+        };
+        let extra = match remote.mount(snap.id, &name, &plan, &fs_dir) {
             Ok(extra) => extra,
             Err(reason) => {
                 remote.record_fallback(&reason);
@@ -294,7 +300,7 @@ impl Snapshotter {
         commit_labels.extend(extra);
         match self
             .store
-            .write(|t| t.commit(key, &chain, Usage::default(), commit_labels))
+            .write(|t| t.commit(key, &name, Usage::default(), commit_labels))
         {
             Ok(_) => {
                 tracing::info!(layer = %plan.layer.digest, image = %plan.image.name(), chain_id = %chain, "layer mounted lazily");
@@ -310,6 +316,20 @@ impl Snapshotter {
                 }
             }
         }
+    }
+
+    /// The committed snapshot of `chain` on `parent`, as containerd's Walk
+    /// after an AlreadyExists looks for it.
+    fn committed_chain(&self, chain: &str, parent: &str) -> Result<Option<Info>> {
+        let filter = Filter::parse_all(&[format!(
+            "kind==committed,labels.\"{}\"=={chain},parent=={parent:?}",
+            labels::SNAPSHOT_REF
+        )])
+        .map_err(|e| StoreError::Internal(format!("chain filter: {e}")))?;
+        Ok(self.store.walk(&filter)?.into_iter().find(|i| {
+            i.parent == parent
+                && i.labels.get(labels::SNAPSHOT_REF).map(String::as_str) == Some(chain)
+        }))
     }
 
     /// Makes the plan of an image-layer Prepare and puts it through the
