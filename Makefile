@@ -10,7 +10,7 @@ APT_PKGS := containerd runc fuse3 docker-registry skopeo umoci busybox-static ip
 # it comes from rustup; this is the oldest the workspace builds with.
 RUST_MIN := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 
-.PHONY: all build build-all install check-toolchain dev-setup check-fresh soak test test-unit test-integration test-coverage fmt lint vet security demo bench clean
+.PHONY: all build build-all install check-toolchain dev-setup check-fresh soak fuzz fuzz-smoke test test-unit test-integration test-coverage fmt lint vet security demo bench clean
 
 all: build
 
@@ -60,11 +60,32 @@ dev-setup: check-toolchain
 	@# the python3 first on PATH may not be Debian's (pyenv): give it the parser the tests use
 	@python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus-client
 
-## test: everything: unit, gRPC-level and end-to-end (real containerd, runc, registry)
-test: dev-setup test-unit test-integration
+## test: everything: unit, gRPC-level and end-to-end (real containerd, runc,
+## registry), then a short run of every fuzz target
+test: dev-setup test-unit test-integration fuzz-smoke
 
 test-unit:
 	$(CARGO) test --locked --workspace --exclude hologram-e2e
+
+## fuzz: each fuzz target for FUZZ_SECONDS (cargo fuzz, nightly; see fuzz/README.md)
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := labels toc_region index_json oci_documents
+fuzz:
+	@rustup toolchain list 2>/dev/null | grep -q '^nightly' || { echo "make fuzz needs a nightly toolchain (rustup toolchain install nightly)"; exit 1; }
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; \
+	  mkdir -p target/fuzz-corpus/$$t; \
+	  (cd fuzz && $(CARGO) +nightly fuzz run $$t ../target/fuzz-corpus/$$t corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1) || exit 1; \
+	done
+
+## fuzz-smoke: 20 s of each fuzz target when a nightly toolchain is present
+## (the corpus is replayed on stable by the crates' tests either way)
+fuzz-smoke:
+	@if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then \
+	  $(MAKE) --no-print-directory fuzz FUZZ_SECONDS=20; \
+	else echo "fuzz-smoke: no nightly toolchain; the corpus replays ran in test-unit"; fi
 
 ## soak: `make test` N times (default 5) in a row with 2 CPU hogs running
 ## (stress-ng), stopping at the first failure; flakes show up here

@@ -234,6 +234,29 @@ impl Containerd {
         cmd
     }
 
+    /// `ctr [-n NS] run ARGS...` (ARGS = options such as `--rm`, image, id,
+    /// command),
+    /// with the container's output written by the shim to a file
+    /// (`--log-uri file://`) and returned from there. `ctr run` copies a
+    /// container's output through FIFOs and cancels the copy when the task
+    /// is deleted, which can lose the last lines under load; the shim waits
+    /// for its own copy to a log file before it lets the task go.
+    pub fn run_logged(&self, ns: Option<&str>, args: &[&str]) -> Result<String> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let log = self.scratch("run-logs")?.join(format!(
+            "run-{}.log",
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let uri = format!("file://{}", log.display());
+        let mut full = vec!["run", "--log-uri", uri.as_str()];
+        full.extend_from_slice(args);
+        match ns {
+            Some(ns) => self.ctr_ns(ns, &full)?,
+            None => self.ctr(&full)?,
+        };
+        std::fs::read_to_string(&log).with_context(|| format!("container output {}", log.display()))
+    }
+
     /// `ctr` in namespace `ns` (not this instance's own); stdout, or an
     /// error with the output when it fails.
     pub fn ctr_ns(&self, ns: &str, args: &[&str]) -> Result<String> {

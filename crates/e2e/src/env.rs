@@ -238,10 +238,10 @@ impl TestEnv {
         ])
     }
 
-    /// `ctr run --rm --snapshotter hologram REF ID [CMD...]`; returns stdout.
+    /// `ctr run --rm --snapshotter hologram REF ID [CMD...]`; returns the
+    /// container's output (see [`Containerd::run_logged`]).
     pub fn run(&self, id: &str, command: &[&str]) -> Result<String> {
         let mut args = vec![
-            "run",
             "--rm",
             "--snapshotter",
             SNAPSHOTTER,
@@ -249,7 +249,7 @@ impl TestEnv {
             id,
         ];
         args.extend_from_slice(command);
-        self.ctr(&args)
+        self.containerd.run_logged(None, &args)
     }
 
     /// Parsed `ctr snapshots --snapshotter hologram ls`.

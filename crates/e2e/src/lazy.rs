@@ -591,11 +591,12 @@ impl LazyEnv {
         Ok(())
     }
 
-    /// `ctr run --rm --snapshotter hologram REF ID [CMD...]`; stdout.
+    /// `ctr run --rm --snapshotter hologram REF ID [CMD...]`; the
+    /// container's output (see [`Containerd::run_logged`]).
     pub fn run(&self, reference: &str, id: &str, command: &[&str]) -> Result<String> {
-        let mut args = vec!["run", "--rm", "--snapshotter", SNAPSHOTTER, reference, id];
+        let mut args = vec!["--rm", "--snapshotter", SNAPSHOTTER, reference, id];
         args.extend_from_slice(command);
-        self.ctr(&args)
+        self.containerd.run_logged(None, &args)
     }
 
     /// Starts a detached container (`sleep` as its process) on the hologram

@@ -923,9 +923,11 @@ impl TrustDaemon {
         Ok(text)
     }
 
-    /// `ctr run --rm --snapshotter hologram REF ID`; stdout.
+    /// `ctr run --rm --snapshotter hologram REF ID`; the container's
+    /// output (see [`crate::containerd::Containerd::run_logged`]).
     pub fn run(&self, reference: &str, id: &str) -> Result<String> {
-        self.ctr(&["run", "--rm", "--snapshotter", SNAPSHOTTER, reference, id])
+        self.containerd
+            .run_logged(None, &["--rm", "--snapshotter", SNAPSHOTTER, reference, id])
     }
 
     /// Labels of snapshot `key` (`ctr snapshots info`).

@@ -189,10 +189,9 @@ fn attack_3_a_poisoned_chain_never_serves_another_image() -> Result<()> {
     assert_eq!(parse_pull_summary(&out)?.lazy, 1, "{out}");
     let out = pull_ok(&env, &other_ns, &legit.reference)?;
     eprintln!("LEGIT in {other_ns}:\n{out}");
-    let seen = env.containerd.ctr_ns(
-        &other_ns,
+    let seen = env.containerd.run_logged(
+        Some(&other_ns),
         &[
-            "run",
             "--rm",
             "--snapshotter",
             "hologram",
@@ -427,10 +426,9 @@ fn attack_5_a_label_less_unpack_of_a_shared_chain_works() -> Result<()> {
                 &image.reference,
             ],
         )?;
-        let seen = env.containerd.ctr_ns(
-            ns,
+        let seen = env.containerd.run_logged(
+            Some(ns),
             &[
-                "run",
                 "--rm",
                 "--snapshotter",
                 "hologram",

@@ -89,17 +89,19 @@ fn reference_image_unpacks_correctly_with_overlayfs() -> Result<()> {
     want.sort_unstable();
     assert_eq!(keys, want, "mkimage.py chain_ids must match containerd's");
 
-    let report = containerd.ctr(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        "overlayfs",
-        &image.reference,
-        "check",
-        "/bin/sh",
-        "-c",
-        ROOTFS_CHECK_SCRIPT,
-    ])?;
+    let report = containerd.run_logged(
+        None,
+        &[
+            "--rm",
+            "--snapshotter",
+            "overlayfs",
+            &image.reference,
+            "check",
+            "/bin/sh",
+            "-c",
+            ROOTFS_CHECK_SCRIPT,
+        ],
+    )?;
     assert_eq!(
         report,
         expected_rootfs_report(),
@@ -107,14 +109,16 @@ fn reference_image_unpacks_correctly_with_overlayfs() -> Result<()> {
         containerd.diagnostics()
     );
 
-    let hello = containerd.ctr(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        "overlayfs",
-        &image.reference,
-        "default-cmd",
-    ])?;
+    let hello = containerd.run_logged(
+        None,
+        &[
+            "--rm",
+            "--snapshotter",
+            "overlayfs",
+            &image.reference,
+            "default-cmd",
+        ],
+    )?;
     assert_eq!(hello, hologram_e2e::image::content::DEFAULT_CMD_OUTPUT);
     Ok(())
 }

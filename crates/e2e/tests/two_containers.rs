@@ -12,16 +12,18 @@ fn containers_do_not_see_each_others_writes() -> Result<()> {
     let top = env.image.chain_ids[2].clone();
 
     // Container A, kept after exit (no --rm): its snapshot "a" stays.
-    let a = env.ctr(&[
-        "run",
-        "--snapshotter",
-        SNAPSHOTTER,
-        &env.image.reference,
-        "a",
-        "/bin/sh",
-        "-c",
-        "echo A > /data/w.txt && echo changed > /data/keep.txt && cat /data/w.txt",
-    ])?;
+    let a = env.containerd.run_logged(
+        None,
+        &[
+            "--snapshotter",
+            SNAPSHOTTER,
+            &env.image.reference,
+            "a",
+            "/bin/sh",
+            "-c",
+            "echo A > /data/w.txt && echo changed > /data/keep.txt && cat /data/w.txt",
+        ],
+    )?;
     assert_eq!(a, "A\n", "{}", env.diagnostics());
 
     // Container B starts from the same committed layers.

@@ -153,3 +153,68 @@ pub enum Error {
 
 #[cfg(test)]
 mod tests;
+
+/// Entry points of the fuzz targets (`fuzz/`), also replayed on stable by
+/// `tests/fuzz_corpus.rs`. Each must never panic, whatever the input.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::{parse_footer, read_toc_json, Index, IndexLimits, Toc, FOOTER_SIZE};
+
+    const LIMITS: IndexLimits = IndexLimits {
+        max_entries: 100_000,
+    };
+
+    /// A TOC region (or a whole small blob): footer, TOC member, index.
+    pub fn toc_region(data: &[u8]) {
+        if let Some(f) = data.get(data.len().saturating_sub(FOOTER_SIZE as usize)..) {
+            let _ = parse_footer(f);
+        }
+        let toc_offset = 1024u64;
+        let blob_size = toc_offset + data.len() as u64 + FOOTER_SIZE;
+        if let Ok((json, digest)) = read_toc_json(data, None) {
+            assert!(digest.matches(&json));
+            if let Ok(idx) = Index::from_json(&json, blob_size, toc_offset, LIMITS) {
+                walk(&idx);
+            }
+        }
+    }
+
+    /// TOC JSON: the streaming builder, walked, and compared with the
+    /// builder fed from the parsed TOC (both must agree).
+    pub fn index_json(data: &[u8]) {
+        let blob_size = 1u64 << 30;
+        let toc_offset = blob_size - FOOTER_SIZE;
+        let streamed = Index::from_json(data, blob_size, toc_offset, LIMITS);
+        if let Ok(idx) = &streamed {
+            walk(idx);
+        }
+        if let Ok(toc) = serde_json::from_slice::<Toc>(data) {
+            let parsed = Index::build_limited(&toc, blob_size, toc_offset, LIMITS.max_entries);
+            if let (Ok(a), Ok(b)) = (&streamed, &parsed) {
+                assert_eq!(a.len(), b.len(), "streamed and parsed indexes differ");
+                assert_eq!(a.blob_order().len(), b.blob_order().len());
+            }
+        }
+    }
+
+    /// Every accessor on every inode, as the FUSE layer uses them.
+    fn walk(idx: &Index) {
+        for ino in 1..=idx.len() as u64 {
+            let Some(n) = idx.node(ino) else { continue };
+            let mut covered = 0;
+            for c in idx.chunks(n) {
+                assert_eq!(c.file_offset, covered, "chunks not contiguous");
+                covered += c.size;
+                assert!(c.blob_offset + c.blob_len <= 1 << 40);
+            }
+            assert!(idx.chunks(n).is_empty() || covered == n.size);
+            let _ = (idx.link_target(n), idx.xattrs(n));
+            for (name, child) in idx.children(ino) {
+                assert_eq!(idx.lookup(ino, name), Some(child), "lookup disagrees");
+                assert!(idx.node(child).is_some());
+            }
+        }
+        let _ = idx.all_chunks().count();
+        let _ = idx.heap_bytes();
+    }
+}

@@ -32,3 +32,40 @@ pub use manifest::{
     RootFs, MAX_MANIFEST_SIZE,
 };
 pub use reference::{Reference, ReferenceError, DOCKER_HUB, DOCKER_HUB_API_HOST};
+
+/// Entry point of the fuzz target (`fuzz/`), also replayed on stable by
+/// `tests/fuzz_corpus.rs`. Must never panic, whatever the input.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::{time, Digest, ImageConfig, ImageIndex, ImageManifest, Platform, Reference};
+
+    pub fn documents(data: &[u8]) {
+        let text = String::from_utf8_lossy(data);
+        if let Ok(d) = Digest::parse(&text) {
+            assert_eq!(Digest::parse(&d.to_string()), Ok(d));
+        }
+        if let Ok(r) = Reference::parse(&text) {
+            let again = Reference::parse(&r.to_string());
+            assert_eq!(
+                again.as_ref().ok(),
+                Some(&r),
+                "reference does not round-trip"
+            );
+        }
+        if let Ok(t) = time::parse_rfc3339(&text) {
+            let _ = time::format_rfc3339(t);
+        }
+        if let Ok(m) = ImageManifest::parse(data) {
+            let again = ImageManifest::parse(&m.to_bytes());
+            assert_eq!(
+                again.as_ref().ok(),
+                Some(&m),
+                "manifest does not round-trip"
+            );
+            let _ = ImageConfig::parse_for(data, &m);
+        }
+        if let Ok(ix) = ImageIndex::parse(data) {
+            let _ = ix.select(&Platform::current());
+        }
+    }
+}
