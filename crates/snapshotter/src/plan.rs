@@ -375,6 +375,39 @@ impl LayerPlan {
     }
 }
 
+/// Entry point of the fuzz target (`fuzz/`), also replayed on stable by
+/// `tests/fuzz_corpus.rs`: the first line is the Prepare key, each further
+/// line `label=value`. Must never panic, whatever the input.
+#[doc(hidden)]
+pub fn fuzz_labels(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.split('\n');
+    let key = lines.next().unwrap_or_default();
+    let labels: BTreeMap<String, String> = lines
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    match LayerRequest::parse(key, &labels) {
+        LayerRequest::Labelled(l) => {
+            // Every value that came through is the typed form of its label.
+            assert_eq!(
+                labels.get(labels::SNAPSHOT_REF).map(String::as_str),
+                Some(l.chain_id.to_string().as_str())
+            );
+            assert!(Reference::parse(&l.image.to_string()).is_ok());
+        }
+        LayerRequest::Unlabelled { .. } | LayerRequest::NotALayer => {}
+    }
+    assert_eq!(remote_strip_check(&labels), 0);
+}
+
+fn remote_strip_check(l: &BTreeMap<String, String>) -> usize {
+    crate::remote::strip_reserved(l.clone())
+        .keys()
+        .filter(|k| labels::is_reserved(k))
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -584,35 +617,3 @@ mod tests {
     }
 }
 
-/// Entry point of the fuzz target (`fuzz/`), also replayed on stable by
-/// `tests/fuzz_corpus.rs`: the first line is the Prepare key, each further
-/// line `label=value`. Must never panic, whatever the input.
-#[doc(hidden)]
-pub fn fuzz_labels(data: &[u8]) {
-    let text = String::from_utf8_lossy(data);
-    let mut lines = text.split('\n');
-    let key = lines.next().unwrap_or_default();
-    let labels: BTreeMap<String, String> = lines
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-    match LayerRequest::parse(key, &labels) {
-        LayerRequest::Labelled(l) => {
-            // Every value that came through is the typed form of its label.
-            assert_eq!(
-                labels.get(labels::SNAPSHOT_REF).map(String::as_str),
-                Some(l.chain_id.to_string().as_str())
-            );
-            assert!(Reference::parse(&l.image.to_string()).is_ok());
-        }
-        LayerRequest::Unlabelled { .. } | LayerRequest::NotALayer => {}
-    }
-    assert_eq!(remote_strip_check(&labels), 0);
-}
-
-fn remote_strip_check(l: &BTreeMap<String, String>) -> usize {
-    crate::remote::strip_reserved(l.clone())
-        .keys()
-        .filter(|k| labels::is_reserved(k))
-        .count()
-}
