@@ -15,6 +15,7 @@
 //! * `mounts.rs` — the mounts handed back to containerd;
 //! * `daemon.rs` — socket, server, signals; `config.rs` — configuration.
 
+pub mod alloc;
 pub mod config;
 pub mod daemon;
 pub mod disk_usage;
