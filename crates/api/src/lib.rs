@@ -7,6 +7,7 @@
 //! so building needs no `protoc`.
 //! Module paths mirror the protobuf packages so generated cross-references resolve.
 
+#![forbid(unsafe_code)]
 #![allow(clippy::all, missing_docs)]
 
 pub mod containerd {

@@ -7,6 +7,8 @@
 //! afterwards and is not timed. Several snapshotters given with `--snapshotter`
 //! are measured in interleaved rounds, so drift on the machine hits all alike.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -5,6 +5,8 @@
 //! own size for comparison. Run with jemalloc and background purging, as
 //! the daemon runs.
 
+#![forbid(unsafe_code)]
+
 use anyhow::Context as _;
 use hologram_estargz::{Index, IndexLimits, FOOTER_SIZE};
 
@@ -25,7 +27,9 @@ fn toc_json(n: usize) -> Vec<u8> {
     let d = format!("sha256:{}", "0".repeat(64));
     let mut out = String::from("{\"version\":1,\"entries\":[");
     for i in 0..100 {
-        out.push_str(&format!("{{\"name\":\"usr/share/d{i}/\",\"type\":\"dir\",\"mode\":493}},"));
+        out.push_str(&format!(
+            "{{\"name\":\"usr/share/d{i}/\",\"type\":\"dir\",\"mode\":493}},"
+        ));
     }
     for i in 0..n {
         out.push_str(&format!(

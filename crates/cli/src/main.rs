@@ -8,6 +8,8 @@
 //! * `ping` — does a snapshotter answer on its socket;
 //! * `version`.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use anyhow::Context as _;

@@ -4,7 +4,7 @@
 //!
 //! 1. [`resolve`]: the reference in the registry (platform manifest, config),
 //!    typed and checked (every digest strict, one diff ID per layer);
-//! 2. under a lease, [`store_documents`]: index/manifest/config into
+//! 2. under a lease, [`Puller::store_documents`]: index/manifest/config into
 //!    containerd's content store with the GC labels containerd's own pull
 //!    sets;
 //! 3. for each layer, [`Puller::layer`]: Prepare on the snapshotter with
@@ -14,7 +14,7 @@
 //!    snapshotter could not: fetch the layer (streamed, digest-checked),
 //!    apply it with containerd's diff service, check the diff ID, commit —
 //!    and say so in the summary;
-//! 4. [`record_image`]: the config labelled with the snapshot GC root, and
+//! 4. [`Puller::record_image`]: the config labelled with the snapshot GC root, and
 //!    the image record.
 //!
 //! A chain already present but served by another image's bytes (two images

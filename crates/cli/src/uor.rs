@@ -27,7 +27,7 @@ pub enum UorCommand {
         /// Also print the manifest digest and media type (to standard error)
         #[arg(long)]
         details: bool,
-        /// Also save the manifest bytes as DIR/<uor-id>.json (a resolver directory)
+        /// Also save the manifest bytes as `DIR/<uor-id>.json` (a resolver directory)
         #[arg(long, value_name = "DIR")]
         save: Option<PathBuf>,
         /// Image reference

@@ -28,6 +28,8 @@
 //! through [`tempfile::SpooledTempFile`], which stays in memory for inputs up to
 //! 64 MiB).
 
+#![forbid(unsafe_code)]
+
 mod chunk;
 mod convert;
 mod footer;

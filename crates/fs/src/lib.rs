@@ -8,6 +8,8 @@
 //!
 //! Nothing here knows about containerd; the snapshotter decides what to mount.
 
+#![forbid(unsafe_code)]
+
 pub mod cache;
 pub mod fuse;
 pub mod layer;

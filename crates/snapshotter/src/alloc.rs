@@ -12,11 +12,3 @@ pub fn return_freed_memory() {
         tracing::warn!(error = %e, "cannot start jemalloc's background purging; freed memory may stay resident");
     }
 }
-
-/// Bytes the allocator holds in active pages now (for metrics and tests).
-pub fn active_bytes() -> Option<u64> {
-    tikv_jemalloc_ctl::epoch::advance().ok()?;
-    tikv_jemalloc_ctl::stats::active::read()
-        .ok()
-        .map(|b| b as u64)
-}

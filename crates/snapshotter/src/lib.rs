@@ -15,6 +15,8 @@
 //! * `mounts.rs` — the mounts handed back to containerd;
 //! * `daemon.rs` — socket, server, signals; `config.rs` — configuration.
 
+#![forbid(unsafe_code)]
+
 pub mod alloc;
 pub mod config;
 pub mod daemon;

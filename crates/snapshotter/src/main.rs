@@ -1,5 +1,7 @@
 //! `hologram-snapshotter`: the daemon containerd talks to.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::sync::Arc;
 

@@ -616,4 +616,3 @@ mod tests {
         assert!(why.contains("64 hex digits"), "{why}");
     }
 }
-

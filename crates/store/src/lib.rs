@@ -4,6 +4,8 @@
 //! Pure logic: nothing here mounts, touches snapshot directories or talks to
 //! the network, so it is tested without root.
 
+#![forbid(unsafe_code)]
+
 pub mod filter;
 mod store;
 

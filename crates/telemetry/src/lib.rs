@@ -14,6 +14,8 @@
 //! [`label_value`] and anything unexpected (too long, odd characters — a
 //! digest, a path) is reported as `"other"`.
 
+#![forbid(unsafe_code)]
+
 use std::sync::{Arc, RwLock};
 
 use prometheus_client::collector::Collector;

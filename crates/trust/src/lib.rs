@@ -29,6 +29,8 @@
 //! # Ok::<(), hologram_trust::TrustError>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod dir;
 pub mod endpoint;
 mod error;
