@@ -2,14 +2,10 @@
 //! its Prometheus endpoint (`/metrics`, Prometheus text format 0.0.4; the
 //! OpenMetrics text format parses too).
 //!
-//! The HTTP GET is a plain HTTP/1.1 request over a `std::net::TcpStream`
-//! (run on a blocking thread): the endpoint is local and plain HTTP, so no
-//! HTTP client library is needed.
+//! The GET goes through reqwest, the HTTP client the CLI already uses.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{Read as _, Write as _};
-use std::net::{TcpStream, ToSocketAddrs as _};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context as _};
@@ -43,9 +39,7 @@ pub struct StatusArgs {
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let url = args.metrics.clone();
     let timeout = Duration::from_secs(args.timeout.max(1));
-    let body = tokio::task::spawn_blocking(move || http_get(&url, timeout))
-        .await
-        .context("the HTTP request's thread failed")??;
+    let body = http_get(&url, timeout).await?;
     let exposition = Exposition::parse(&body).with_context(|| {
         format!(
             "{} did not answer in the Prometheus text format",
@@ -65,196 +59,60 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------
 // HTTP
 
-struct HttpUrl {
-    host: String,
-    port: u16,
-    path: String,
-}
-
-fn parse_url(url: &str) -> anyhow::Result<HttpUrl> {
-    let rest = match url.split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-        Some((scheme, _)) => bail!("{url}: only http:// is supported (not {scheme}://)"),
-        None => url,
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/metrics"),
-    };
-    if authority.is_empty() {
-        bail!("{url}: no host");
-    }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6
-            .split_once(']')
-            .ok_or_else(|| anyhow!("{url}: unclosed '['"))?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p
-                .parse()
-                .with_context(|| format!("{url}: bad port {p:?}"))?,
-            None if after.is_empty() => 80,
-            None => bail!("{url}: unexpected {after:?} after the address"),
-        };
-        (host.to_owned(), port)
+/// `url` as an http URL: `http://` is assumed when no scheme is given,
+/// `/metrics` when no path is.
+fn metrics_url(url: &str) -> anyhow::Result<reqwest::Url> {
+    let full = if url.contains("://") {
+        url.to_owned()
     } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (
-                h.to_owned(),
-                p.parse()
-                    .with_context(|| format!("{url}: bad port {p:?}"))?,
-            ),
-            None => (authority.to_owned(), 80),
-        }
+        format!("http://{url}")
     };
-    if host.is_empty() {
+    let mut u = reqwest::Url::parse(&full).with_context(|| format!("{url}: not a URL"))?;
+    if u.scheme() != "http" {
+        bail!("{url}: only http:// is supported (not {}://)", u.scheme());
+    }
+    if u.host_str().is_none_or(str::is_empty) {
         bail!("{url}: no host");
     }
-    Ok(HttpUrl {
-        host,
-        port,
-        path: path.to_owned(),
-    })
+    if u.path() == "/" && !full.trim_end_matches('/').ends_with(u.path()) {
+        u.set_path("/metrics");
+    }
+    Ok(u)
 }
 
 /// GET `url` and return the body of a 200 answer.
-fn http_get(url: &str, timeout: Duration) -> anyhow::Result<String> {
-    let u = parse_url(url)?;
-    let addrs: Vec<_> = (u.host.as_str(), u.port)
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve {}", u.host))?
-        .collect();
-    let mut last_err = None;
-    let mut stream = None;
-    for a in &addrs {
-        match TcpStream::connect_timeout(a, timeout) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last_err = Some(e),
-        }
+async fn http_get(url: &str, timeout: Duration) -> anyhow::Result<String> {
+    let u = metrics_url(url)?;
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .user_agent(concat!("hologram/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("cannot set up the HTTP client")?;
+    let resp = client
+        .get(u.clone())
+        .header(reqwest::header::ACCEPT, "text/plain")
+        .send()
+        .await
+        .with_context(|| {
+            format!("cannot connect to {u} (is hologram-snapshotter running, with its metrics endpoint on?)")
+        })?;
+    let status = resp.status();
+    if resp.content_length().is_some_and(|n| n > MAX_RESPONSE) {
+        bail!("{u}: the answer is larger than {MAX_RESPONSE} bytes");
     }
-    let mut stream = match (stream, last_err) {
-        (Some(s), _) => s,
-        (None, Some(e)) => {
-            return Err(e).with_context(|| {
-                format!(
-                    "cannot connect to {url} (is hologram-snapshotter running, with its \
-                     metrics endpoint on?)"
-                )
-            })
-        }
-        (None, None) => bail!("{} resolves to no address", u.host),
-    };
-    stream
-        .set_read_timeout(Some(timeout))
-        .context("cannot set a read timeout")?;
-    stream
-        .set_write_timeout(Some(timeout))
-        .context("cannot set a write timeout")?;
-    let host_header = if u.host.contains(':') {
-        format!("[{}]:{}", u.host, u.port)
-    } else {
-        format!("{}:{}", u.host, u.port)
-    };
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: hologram/{}\r\n\
-         Accept: text/plain\r\nConnection: close\r\n\r\n",
-        u.path,
-        env!("CARGO_PKG_VERSION")
-    );
-    stream
-        .write_all(request.as_bytes())
-        .with_context(|| format!("cannot send the request to {url}"))?;
-    let mut raw = Vec::new();
-    stream
-        .take(MAX_RESPONSE + 1)
-        .read_to_end(&mut raw)
-        .with_context(|| format!("cannot read the answer of {url}"))?;
-    if raw.len() as u64 > MAX_RESPONSE {
-        bail!("{url}: the answer is larger than {} bytes", MAX_RESPONSE);
+    let body = resp
+        .bytes()
+        .await
+        .with_context(|| format!("cannot read the answer of {u}"))?;
+    if body.len() as u64 > MAX_RESPONSE {
+        bail!("{u}: the answer is larger than {MAX_RESPONSE} bytes");
     }
-    let (status, body) =
-        parse_response(&raw).with_context(|| format!("{url}: malformed HTTP answer"))?;
     let text = String::from_utf8_lossy(&body).into_owned();
-    if status != 200 {
+    if !status.is_success() {
         let excerpt: String = text.chars().take(200).collect();
-        bail!("{url} answered HTTP {status}: {}", excerpt.trim());
+        bail!("{u} answered HTTP {}: {}", status.as_u16(), excerpt.trim());
     }
     Ok(text)
-}
-
-/// Status code and (de-chunked) body of a whole HTTP/1.1 response.
-fn parse_response(raw: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow!("no end of headers"))?;
-    let head = std::str::from_utf8(&raw[..end]).context("headers are not UTF-8")?;
-    let body = &raw[end + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.split_whitespace();
-    match parts.next() {
-        Some(v) if v.starts_with("HTTP/1.") => {}
-        _ => bail!("not an HTTP/1.x status line: {status_line:?}"),
-    }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("no status code in {status_line:?}"))?;
-    let mut chunked = false;
-    let mut length = None;
-    for line in lines {
-        if let Some((k, v)) = line.split_once(':') {
-            let (k, v) = (k.trim(), v.trim());
-            if k.eq_ignore_ascii_case("transfer-encoding")
-                && v.to_ascii_lowercase().contains("chunked")
-            {
-                chunked = true;
-            } else if k.eq_ignore_ascii_case("content-length") {
-                length = Some(
-                    v.parse::<usize>()
-                        .with_context(|| format!("bad Content-Length {v:?}"))?,
-                );
-            }
-        }
-    }
-    let body = if chunked {
-        dechunk(body)?
-    } else if let Some(n) = length {
-        if body.len() < n {
-            bail!("the body is {} bytes, Content-Length says {n}", body.len());
-        }
-        body[..n].to_vec()
-    } else {
-        body.to_vec()
-    };
-    Ok((status, body))
-}
-
-/// Decodes a `Transfer-Encoding: chunked` body.
-fn dechunk(mut b: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = b
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| anyhow!("truncated chunk size"))?;
-        let size_line = std::str::from_utf8(&b[..eol]).context("chunk size is not text")?;
-        let size_hex = size_line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_hex, 16)
-            .with_context(|| format!("bad chunk size {size_hex:?}"))?;
-        b = &b[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if b.len() < size + 2 {
-            bail!("truncated chunk");
-        }
-        out.extend_from_slice(&b[..size]);
-        b = &b[size + 2..];
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -763,14 +621,14 @@ mod tests {
         }
         m.snapshotter_op("prepare", "error", 0.5);
         m.snapshotter_op("commit", "ok", 0.02);
-        m.remote_fetch("registry", 0.2, 3 << 20, "ok");
-        m.remote_fetch("cache", 0.001, 1 << 20, "ok");
-        m.remote_fetch("ctp96", 1.0, 0, "error");
+        let h = m.fuse_handles(&[]);
+        h.fetch("registry", 0.2, 3 << 20, true);
+        h.fetch("ctp96", 1.0, 0, false);
         for _ in 0..3 {
             m.cache_lookup(true);
         }
         m.cache_lookup(false);
-        m.chunk_verification_failure();
+        h.verification_failure();
         m.fallback("not_estargz");
         m.fallback("not_estargz");
         m.fallback("fetch_error");
@@ -868,9 +726,7 @@ mod tests {
         assert!(out.contains("uptime                 1h 2m"), "{out}");
         assert!(out.contains("mounted layers         4"), "{out}");
         assert!(
-            out.contains(
-                "fetched                4.0 MiB (cache 1.0 MiB, ctp96 0 B, registry 3.0 MiB)"
-            ),
+            out.contains("fetched                3.0 MiB (cache 0 B, ctp96 0 B, registry 3.0 MiB)"),
             "{out}"
         );
         assert!(out.contains("served to readers      8.0 MiB"), "{out}");
@@ -959,41 +815,19 @@ mod tests {
 
     #[test]
     fn urls() {
-        let u = parse_url("http://127.0.0.1:8080/metrics").unwrap();
+        let u = metrics_url("http://127.0.0.1:8080/metrics").unwrap();
+        assert_eq!(u.as_str(), "http://127.0.0.1:8080/metrics");
         assert_eq!(
-            (u.host.as_str(), u.port, u.path.as_str()),
-            ("127.0.0.1", 8080, "/metrics")
+            metrics_url("localhost:9100").unwrap().as_str(),
+            "http://localhost:9100/metrics"
         );
-        let u = parse_url("localhost:9100").unwrap();
         assert_eq!(
-            (u.host.as_str(), u.port, u.path.as_str()),
-            ("localhost", 9100, "/metrics")
+            metrics_url("http://[::1]:8080/m").unwrap().as_str(),
+            "http://[::1]:8080/m"
         );
-        let u = parse_url("http://[::1]:8080/m").unwrap();
-        assert_eq!(
-            (u.host.as_str(), u.port, u.path.as_str()),
-            ("::1", 8080, "/m")
-        );
-        let u = parse_url("http://example/x").unwrap();
-        assert_eq!(u.port, 80);
-        assert!(parse_url("https://127.0.0.1:8080/metrics").is_err());
-        assert!(parse_url("http://:8080/metrics").is_err());
-        assert!(parse_url("http://h:port/").is_err());
-    }
-
-    #[test]
-    fn http_responses() {
-        let (status, body) =
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").unwrap();
-        assert_eq!((status, body.as_slice()), (200, &b"hello"[..]));
-        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
-                    5\r\nhello\r\n7;x=y\r\n, world\r\n0\r\n\r\n";
-        let (_, body) = parse_response(raw).unwrap();
-        assert_eq!(body, b"hello, world");
-        let (status, _) = parse_response(b"HTTP/1.1 503 Service Unavailable\r\n\r\nno").unwrap();
-        assert_eq!(status, 503);
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort").is_err());
-        assert!(parse_response(b"SSH-2.0\r\n\r\n").is_err());
+        assert!(metrics_url("https://127.0.0.1:8080/metrics").is_err());
+        assert!(metrics_url("http://:8080/metrics").is_err());
+        assert!(metrics_url("http://h:port/").is_err());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1015,23 +849,15 @@ mod tests {
             },
         ));
         let url = format!("http://{addr}/metrics");
-        let body = tokio::task::spawn_blocking({
-            let url = url.clone();
-            move || http_get(&url, Duration::from_secs(5))
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        let body = http_get(&url, Duration::from_secs(5)).await.unwrap();
         let e = Exposition::parse(&body).unwrap();
         assert_eq!(e.sum("hologram_mounted_layers", &[]), 4.0);
         // A non-200 answer is an error that carries the body.
         let health_url = format!("http://{addr}/healthz");
-        let err =
-            tokio::task::spawn_blocking(move || http_get(&health_url, Duration::from_secs(5)))
-                .await
-                .unwrap()
-                .unwrap_err()
-                .to_string();
+        let err = http_get(&health_url, Duration::from_secs(5))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("HTTP 503") && err.contains("store closed"),
             "{err}"
@@ -1048,12 +874,9 @@ mod tests {
         server.await.unwrap().unwrap();
 
         // Nobody listening: a clear error.
-        let err = tokio::task::spawn_blocking(move || {
-            http_get(&format!("http://{addr}/metrics"), Duration::from_secs(2))
-        })
-        .await
-        .unwrap()
-        .unwrap_err();
+        let err = http_get(&format!("http://{addr}/metrics"), Duration::from_secs(2))
+            .await
+            .unwrap_err();
         assert!(format!("{err:#}").contains("cannot connect"), "{err:#}");
     }
 }

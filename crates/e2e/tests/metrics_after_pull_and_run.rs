@@ -30,7 +30,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("hologram_resolver_operations", "counter"),
     ("hologram_witness_operations", "counter"),
     ("hologram_ctp96_operations", "counter"),
-    ("hologram_content_operations", "counter"),
+    ("hologram_layer_checks", "counter"),
     ("hologram_energy_hints", "gauge"),
     ("hologram_lease_duration_seconds", "gauge"),
     ("hologram_remote_fetch_duration_seconds", "histogram"),

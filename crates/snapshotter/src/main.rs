@@ -137,7 +137,14 @@ async fn serve(cfg: Config, metrics_addr: Option<SocketAddr>) -> anyhow::Result<
             metrics.clone(),
         );
         Arc::new(
-            tokio::task::spawn_blocking(move || RemoteLayers::new(&root, rc, handle, m)).await??,
+            tokio::task::spawn_blocking(move || {
+                let observer: Arc<dyn hologram_fs::observer::Observer> = match &m {
+                    Some(m) => Arc::new(hologram_snapshotter::metrics::FsMetrics::new(m)),
+                    None => Arc::new(hologram_fs::observer::NoObserver),
+                };
+                RemoteLayers::new(&root, rc, handle, observer, m)
+            })
+            .await??,
         )
     };
     if let Some(m) = &metrics {

@@ -25,7 +25,7 @@ use hologram_estargz::IndexLimits;
 use hologram_fs::cache::ChunkCache;
 use hologram_fs::fuse::MountedLayer;
 use hologram_fs::layer::{Layer, LayerConfig, LayerDigests, Verdict, VerdictHook};
-use hologram_fs::observer::{NoObserver, Observer};
+use hologram_fs::observer::Observer;
 use hologram_fs::MAX_TOC_REGION;
 use hologram_oci::{labels, Digest, Reference};
 use hologram_remote::{RegistryBlob, RegistryClient, RegistryConfig};
@@ -33,7 +33,6 @@ use hologram_source::BlobSource;
 use hologram_store::MetaStore;
 use hologram_telemetry::Metrics;
 
-use crate::metrics::FsMetrics;
 use crate::plan::LayerPlan;
 
 /// Settings of the remote path (from the config file and environment).
@@ -157,10 +156,13 @@ impl std::fmt::Debug for RemoteLayers {
 }
 
 impl RemoteLayers {
+    /// `observer` hears the filesystem's events (the metrics' FUSE handles,
+    /// or nothing); `metrics` counts fallbacks and checks.
     pub fn new(
         root: &Path,
         cfg: RemoteConfig,
         rt: tokio::runtime::Handle,
+        observer: Arc<dyn Observer>,
         metrics: Option<Arc<Metrics>>,
     ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
@@ -180,10 +182,7 @@ impl RemoteLayers {
             mounts: Mutex::new(HashMap::new()),
             bad: Arc::new(Mutex::new(HashSet::new())),
             store: Arc::new(Mutex::new(None)),
-            observer: match &metrics {
-                Some(m) => Arc::new(FsMetrics::new(m)),
-                None => Arc::new(NoObserver),
-            },
+            observer,
             metrics,
         })
     }

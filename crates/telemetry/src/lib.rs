@@ -148,15 +148,6 @@ impl FuseHandles {
 /// Longest label value accepted as is.
 const MAX_LABEL_LEN: usize = 40;
 
-/// `"ok"` or `"error"` for a result.
-pub fn result_label<T, E>(r: &Result<T, E>) -> &'static str {
-    if r.is_ok() {
-        RESULT_OK
-    } else {
-        RESULT_ERROR
-    }
-}
-
 /// `v` when it is a short, plain label value (ASCII letters, digits, `_`,
 /// `-`, `.`, at most 40 bytes, not empty), else `"other"`. This keeps a
 /// digest, a path or an error message out of the label space.
@@ -438,7 +429,6 @@ pub struct Metrics {
     resolver_ops: Family<OpResult, Counter>,
     witness_ops: Family<OpResult, Counter>,
     ctp96_ops: Family<OpResult, Counter>,
-    content_ops: Family<OpResult, Counter>,
     remote_fetch_duration: HistogramFamily<SourceLabel>,
     remote_fetches: Family<SourceResult, Counter>,
     fetched_bytes: Family<SourceLabel, Counter>,
@@ -450,6 +440,188 @@ pub struct Metrics {
     lease_duration: FloatGauge,
 }
 
+/// Registers a counter family and seeds the label sets known in advance.
+fn counters<L>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+    seeds: impl IntoIterator<Item = L>,
+) -> Family<L, Counter>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Family::<L, Counter>::default();
+    r.register(name, help, Declared(family.clone()));
+    for l in seeds {
+        seed(&family, &l);
+    }
+    family
+}
+
+/// Registers a histogram family and seeds the label sets known in advance.
+fn histograms<L>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+    buckets: fn() -> Histogram,
+    seeds: impl IntoIterator<Item = L>,
+) -> HistogramFamily<L>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family: HistogramFamily<L> = Family::new_with_constructor(buckets);
+    r.register(name, help, Declared(family.clone()));
+    for l in seeds {
+        seed(&family, &l);
+    }
+    family
+}
+
+fn result_labels<'a>(results: &'a [&'a str]) -> impl Iterator<Item = ResultLabel> + 'a {
+    results.iter().map(|r| ResultLabel {
+        result: (*r).to_owned(),
+    })
+}
+
+fn op_results<'a>(ops: &'a [&'a str]) -> impl Iterator<Item = OpResult> + 'a {
+    ops.iter()
+        .flat_map(|op| [RESULT_OK, RESULT_ERROR].map(|r| OpResult::new(op, r)))
+}
+
+/// `hologram_snapshotter_operations_total`, `…_operation_duration_seconds`.
+fn register_snapshotter(r: &mut Registry) -> (Family<OpResult, Counter>, HistogramFamily<OpLabel>) {
+    let ops = counters(
+        r,
+        "hologram_snapshotter_operations",
+        "Snapshotter gRPC operations by operation and result",
+        op_results(SNAPSHOTTER_OPS),
+    );
+    let duration = histograms(
+        r,
+        "hologram_snapshotter_operation_duration_seconds",
+        "Duration of snapshotter gRPC operations",
+        op_histogram,
+        SNAPSHOTTER_OPS.iter().map(|op| OpLabel {
+            op: (*op).to_owned(),
+        }),
+    );
+    (ops, duration)
+}
+
+/// `hologram_fuse_operations_total`, `…_read_duration_seconds`, `…_read_bytes_total`.
+fn register_fuse(
+    r: &mut Registry,
+) -> (
+    Family<OpResult, Counter>,
+    HistogramFamily<ResultLabel>,
+    Counter,
+) {
+    let ops = counters(
+        r,
+        "hologram_fuse_operations",
+        "FUSE operations by operation and result",
+        op_results(FUSE_OPS),
+    );
+    let read_duration = histograms(
+        r,
+        "hologram_fuse_read_duration_seconds",
+        "Duration of FUSE reads, by result",
+        fuse_read_histogram,
+        result_labels(&[RESULT_OK, RESULT_ERROR]),
+    );
+    let read_bytes = Counter::default();
+    r.register(
+        "hologram_fuse_read_bytes",
+        "Bytes returned by FUSE reads",
+        read_bytes.clone(),
+    );
+    (ops, read_duration, read_bytes)
+}
+
+/// `hologram_remote_fetch_duration_seconds`, `…_fetches_total`, `hologram_fetched_bytes_total`.
+fn register_fetches(
+    r: &mut Registry,
+) -> (
+    HistogramFamily<SourceLabel>,
+    Family<SourceResult, Counter>,
+    Family<SourceLabel, Counter>,
+) {
+    let sources = || {
+        FETCH_SOURCES.iter().map(|s| SourceLabel {
+            source: (*s).to_owned(),
+        })
+    };
+    let duration = histograms(
+        r,
+        "hologram_remote_fetch_duration_seconds",
+        "Duration of remote fetches, by source (registry, ctp96, cache)",
+        fetch_histogram,
+        sources(),
+    );
+    let fetches = counters(
+        r,
+        "hologram_remote_fetches",
+        "Remote fetches by source and result",
+        FETCH_SOURCES.iter().flat_map(|s| {
+            [RESULT_OK, RESULT_ERROR].map(|result| SourceResult {
+                source: (*s).to_owned(),
+                result: result.to_owned(),
+            })
+        }),
+    );
+    let bytes = counters(
+        r,
+        "hologram_fetched_bytes",
+        "Bytes fetched, by source",
+        sources(),
+    );
+    (duration, fetches, bytes)
+}
+
+/// What is checked on the way: cache lookups, chunk and layer checks,
+/// fallbacks.
+struct Checks {
+    cache_requests: Family<ResultLabel, Counter>,
+    verification_failures: Counter,
+    layer_checks: Family<ResultLabel, Counter>,
+    fallbacks: Family<ReasonLabel, Counter>,
+}
+
+fn register_checks(r: &mut Registry) -> Checks {
+    let cache_requests = counters(
+        r,
+        "hologram_cache_requests",
+        "Chunk cache lookups, by result (hit, miss)",
+        result_labels(&["hit", "miss"]),
+    );
+    let verification_failures = Counter::default();
+    r.register(
+        "hologram_chunk_verification_failures",
+        "Chunks whose content did not match their digest",
+        verification_failures.clone(),
+    );
+    let layer_checks = counters(
+        r,
+        "hologram_layer_checks",
+        "Whole-layer checks of lazily served layers (blob digest and diff ID), by result",
+        result_labels(LAYER_CHECK_RESULTS),
+    );
+    let fallbacks = counters(
+        r,
+        "hologram_remote_fallbacks",
+        "Layers not mounted remotely (unpacked the ordinary way instead), by reason",
+        FALLBACK_REASONS.iter().map(|reason| ReasonLabel {
+            reason: (*reason).to_owned(),
+        }),
+    );
+    Checks {
+        cache_requests,
+        verification_failures,
+        layer_checks,
+        fallbacks,
+    }
+}
+
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
@@ -457,203 +629,51 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// A registry with every metric family declared.
+    /// A registry with every metric family declared (and the label sets
+    /// known in advance seeded with zero), group by group.
     pub fn new() -> Arc<Metrics> {
-        let mut registry = Registry::default();
-
-        let snapshotter_ops = Family::<OpResult, Counter>::default();
-        registry.register(
-            "hologram_snapshotter_operations",
-            "Snapshotter gRPC operations by operation and result",
-            Declared(snapshotter_ops.clone()),
-        );
-        let snapshotter_duration: HistogramFamily<OpLabel> =
-            Family::new_with_constructor(op_histogram);
-        registry.register(
-            "hologram_snapshotter_operation_duration_seconds",
-            "Duration of snapshotter gRPC operations",
-            Declared(snapshotter_duration.clone()),
-        );
-        for op in SNAPSHOTTER_OPS {
-            for result in [RESULT_OK, RESULT_ERROR] {
-                seed(&snapshotter_ops, &OpResult::new(op, result));
-            }
-            seed(
-                &snapshotter_duration,
-                &OpLabel {
-                    op: (*op).to_owned(),
-                },
-            );
-        }
-
-        let fuse_ops = Family::<OpResult, Counter>::default();
-        registry.register(
-            "hologram_fuse_operations",
-            "FUSE operations by operation and result",
-            Declared(fuse_ops.clone()),
-        );
-        for op in FUSE_OPS {
-            for result in [RESULT_OK, RESULT_ERROR] {
-                seed(&fuse_ops, &OpResult::new(op, result));
-            }
-        }
-        let fuse_read_duration: HistogramFamily<ResultLabel> =
-            Family::new_with_constructor(fuse_read_histogram);
-        registry.register(
-            "hologram_fuse_read_duration_seconds",
-            "Duration of FUSE reads, by result",
-            Declared(fuse_read_duration.clone()),
-        );
-        for result in [RESULT_OK, RESULT_ERROR] {
-            seed(
-                &fuse_read_duration,
-                &ResultLabel {
-                    result: result.to_owned(),
-                },
-            );
-        }
-        let fuse_read_bytes = Counter::default();
-        registry.register(
-            "hologram_fuse_read_bytes",
-            "Bytes returned by FUSE reads",
-            fuse_read_bytes.clone(),
-        );
-
-        let op_family = |registry: &mut Registry, name: &str, help: &str| {
-            let family = Family::<OpResult, Counter>::default();
-            registry.register(name, help, Declared(family.clone()));
-            family
-        };
-        let resolver_ops = op_family(
-            &mut registry,
+        let mut r = Registry::default();
+        let (snapshotter_ops, snapshotter_duration) = register_snapshotter(&mut r);
+        let (fuse_ops, fuse_read_duration, fuse_read_bytes) = register_fuse(&mut r);
+        let resolver_ops = counters(
+            &mut r,
             "hologram_resolver_operations",
             "Resolver operations by operation and result",
+            [],
         );
-        let witness_ops = op_family(
-            &mut registry,
+        let witness_ops = counters(
+            &mut r,
             "hologram_witness_operations",
             "Witness operations by operation and result",
+            [],
         );
-        let ctp96_ops = op_family(
-            &mut registry,
+        let ctp96_ops = counters(
+            &mut r,
             "hologram_ctp96_operations",
             "CTP-96 operations by operation and result",
+            [],
         );
-        let content_ops = op_family(
-            &mut registry,
-            "hologram_content_operations",
-            "Content store operations by operation and result",
-        );
-
-        let remote_fetch_duration: HistogramFamily<SourceLabel> =
-            Family::new_with_constructor(fetch_histogram);
-        registry.register(
-            "hologram_remote_fetch_duration_seconds",
-            "Duration of remote fetches, by source (registry, ctp96, cache)",
-            Declared(remote_fetch_duration.clone()),
-        );
-        let remote_fetches = Family::<SourceResult, Counter>::default();
-        registry.register(
-            "hologram_remote_fetches",
-            "Remote fetches by source and result",
-            Declared(remote_fetches.clone()),
-        );
-        let fetched_bytes = Family::<SourceLabel, Counter>::default();
-        registry.register(
-            "hologram_fetched_bytes",
-            "Bytes fetched, by source",
-            Declared(fetched_bytes.clone()),
-        );
-        for source in FETCH_SOURCES {
-            let label = SourceLabel {
-                source: (*source).to_owned(),
-            };
-            seed(&remote_fetch_duration, &label);
-            seed(&fetched_bytes, &label);
-            for result in [RESULT_OK, RESULT_ERROR] {
-                seed(
-                    &remote_fetches,
-                    &SourceResult {
-                        source: (*source).to_owned(),
-                        result: result.to_owned(),
-                    },
-                );
-            }
-        }
-
-        let cache_requests = Family::<ResultLabel, Counter>::default();
-        registry.register(
-            "hologram_cache_requests",
-            "Chunk cache lookups, by result (hit, miss)",
-            Declared(cache_requests.clone()),
-        );
-        for result in ["hit", "miss"] {
-            seed(
-                &cache_requests,
-                &ResultLabel {
-                    result: result.to_owned(),
-                },
-            );
-        }
-
-        let verification_failures = Counter::default();
-        registry.register(
-            "hologram_chunk_verification_failures",
-            "Chunks whose content did not match their digest",
-            verification_failures.clone(),
-        );
-
-        let layer_checks = Family::<ResultLabel, Counter>::default();
-        registry.register(
-            "hologram_layer_checks",
-            "Whole-layer checks of lazily served layers (blob digest and diff ID), by result",
-            Declared(layer_checks.clone()),
-        );
-        for result in LAYER_CHECK_RESULTS {
-            seed(
-                &layer_checks,
-                &ResultLabel {
-                    result: (*result).to_owned(),
-                },
-            );
-        }
-
-        let fallbacks = Family::<ReasonLabel, Counter>::default();
-        registry.register(
-            "hologram_remote_fallbacks",
-            "Layers not mounted remotely (unpacked the ordinary way instead), by reason",
-            Declared(fallbacks.clone()),
-        );
-        for reason in FALLBACK_REASONS {
-            seed(
-                &fallbacks,
-                &ReasonLabel {
-                    reason: (*reason).to_owned(),
-                },
-            );
-        }
-
+        let (remote_fetch_duration, remote_fetches, fetched_bytes) = register_fetches(&mut r);
+        let checks = register_checks(&mut r);
         let energy_hints = Family::<HintLabel, FloatGauge>::default();
-        registry.register(
+        r.register(
             "hologram_energy_hints",
             "Energy hints, by hint",
             Declared(energy_hints.clone()),
         );
         let lease_duration = FloatGauge::default();
-        registry.register(
+        r.register(
             "hologram_lease_duration_seconds",
             "Duration of the content leases the snapshotter takes",
             lease_duration.clone(),
         );
-
         let collector: Arc<RwLock<Option<CollectFn>>> = Arc::new(RwLock::new(None));
-        registry.register_collector(Box::new(StateCollector {
+        r.register_collector(Box::new(StateCollector {
             callback: Arc::clone(&collector),
             start_time: process::start_time_seconds(),
         }));
-
         Arc::new(Metrics {
-            registry,
+            registry: r,
             collector,
             snapshotter_ops,
             snapshotter_duration,
@@ -663,14 +683,13 @@ impl Metrics {
             resolver_ops,
             witness_ops,
             ctp96_ops,
-            content_ops,
             remote_fetch_duration,
             remote_fetches,
             fetched_bytes,
-            cache_requests,
-            verification_failures,
-            layer_checks,
-            fallbacks,
+            cache_requests: checks.cache_requests,
+            verification_failures: checks.verification_failures,
+            layer_checks: checks.layer_checks,
+            fallbacks: checks.fallbacks,
             energy_hints,
             lease_duration,
         })
@@ -791,33 +810,6 @@ impl Metrics {
             .inc();
     }
 
-    /// One content store operation.
-    pub fn content_op(&self, op: &str, result: &str) {
-        self.content_ops
-            .get_or_create(&OpResult::new(op, result))
-            .inc();
-    }
-
-    /// One remote fetch from `source` (`registry`, `ctp96` or `cache`): its
-    /// duration and the bytes it brought. Also counted in
-    /// `hologram_remote_fetches_total{source,result}`.
-    pub fn remote_fetch(&self, source: &str, seconds: f64, bytes: u64, result: &str) {
-        let source = label_value(source);
-        let label = SourceLabel {
-            source: source.to_owned(),
-        };
-        self.remote_fetch_duration
-            .get_or_create(&label)
-            .observe(seconds);
-        self.fetched_bytes.get_or_create(&label).inc_by(bytes);
-        self.remote_fetches
-            .get_or_create(&SourceResult {
-                source: source.to_owned(),
-                result: label_value(result).to_owned(),
-            })
-            .inc();
-    }
-
     /// One chunk cache lookup.
     pub fn cache_lookup(&self, hit: bool) {
         let result = if hit { "hit" } else { "miss" };
@@ -826,11 +818,6 @@ impl Metrics {
                 result: result.to_owned(),
             })
             .inc();
-    }
-
-    /// A chunk whose content did not match its digest.
-    pub fn chunk_verification_failure(&self) {
-        self.verification_failures.inc();
     }
 
     /// The whole-layer check of a lazily served layer ended: `verified` or `bad`.
