@@ -250,21 +250,19 @@ impl Filesystem for LayerFs {
         reply: ReplyData,
     ) {
         let t = std::time::Instant::now();
-        let res = self.layer.read(ino.0, offset, size);
-        let obs = self.obs();
-        obs.fuse_op("read", res.is_ok());
-        obs.fuse_read(
-            t.elapsed().as_secs_f64(),
-            res.as_ref().map_or(0, |d| d.len() as u64),
-            res.is_ok(),
-        );
-        match res {
-            Ok(data) => reply.data(&data),
-            Err(e) => {
-                tracing::warn!(layer = %self.layer.digest(), ino = ino.0, offset, size, error = %e, "read failed: EIO");
-                reply.error(Errno::EIO);
-            }
+        // Bytes at hand are answered here; a read that must wait on the
+        // network is answered from a blocking thread of the runtime, so a
+        // slow registry never holds this FUSE worker (lookups, cached reads
+        // and other files keep being served).
+        if let Some(res) = self.layer.read_if_cached(ino.0, offset, size) {
+            return answer_read(&self.layer, ino.0, offset, size, t, res, reply);
         }
+        let layer = Arc::clone(&self.layer);
+        let rt = layer.runtime().clone();
+        rt.spawn_blocking(move || {
+            let res = layer.read(ino.0, offset, size);
+            answer_read(&layer, ino.0, offset, size, t, res, reply);
+        });
     }
 
     fn flush(
@@ -413,6 +411,32 @@ impl Filesystem for LayerFs {
     }
 }
 
+/// Replies to a FUSE read and accounts for it.
+fn answer_read(
+    layer: &Layer,
+    ino: u64,
+    offset: u64,
+    size: u32,
+    started: std::time::Instant,
+    res: Result<Vec<u8>, crate::layer::ReadError>,
+    reply: ReplyData,
+) {
+    let obs = layer.observer();
+    obs.fuse_op("read", res.is_ok());
+    obs.fuse_read(
+        started.elapsed().as_secs_f64(),
+        res.as_ref().map_or(0, |d| d.len() as u64),
+        res.is_ok(),
+    );
+    match res {
+        Ok(data) => reply.data(&data),
+        Err(e) => {
+            tracing::warn!(layer = %layer.digest(), ino, offset, size, error = %e, "read failed: EIO");
+            reply.error(Errno::EIO);
+        }
+    }
+}
+
 /// A mounted layer; dropping it unmounts (lazily) and stops its warm-up.
 pub struct MountedLayer {
     layer: Arc<Layer>,
@@ -457,7 +481,14 @@ pub fn mount(layer: Arc<Layer>, mountpoint: &Path, threads: usize) -> io::Result
     // Containers run as any user: let every uid in, the kernel checks modes.
     cfg.acl = SessionACL::All;
     cfg.n_threads = Some(threads.max(1));
-    cfg.clone_fd = true;
+    // One device fd shared by the workers (no clone_fd): the kernel then
+    // finds the request an INTERRUPT refers to whichever worker answers it.
+    // fuser answers every INTERRUPT with ENOSYS, which tells the kernel to
+    // stop sending them; with cloned fds that answer landed on another
+    // worker's fd, failed (ENOENT, logged as an error) and the kernel kept
+    // interrupting. A read a signal would have interrupted is bounded by
+    // `fetch_timeout` instead.
+    cfg.clone_fd = false;
     let session = fuser::spawn_mount(LayerFs::new(Arc::clone(&layer)), mountpoint, &cfg)?;
     let warm = Arc::clone(&layer);
     std::thread::Builder::new()

@@ -51,6 +51,10 @@ pub struct LayerConfig {
     pub background_fetch: bool,
     /// Background fetch rate limit in bytes per second (0 = unlimited).
     pub background_rate: u64,
+    /// How long a failed fetch of a chunk is remembered: the kernel retries
+    /// a failed read at once (readahead, then synchronously), and each
+    /// retry must fail at once too rather than wait another `fetch_timeout`.
+    pub failure_memory: Duration,
 }
 
 impl Default for LayerConfig {
@@ -62,6 +66,7 @@ impl Default for LayerConfig {
             prefetch: true,
             background_fetch: true,
             background_rate: 32 * 1024 * 1024,
+            failure_memory: Duration::from_secs(2),
         }
     }
 }
@@ -126,6 +131,43 @@ pub struct LayerStats {
     /// Compressed bytes fetched by prefetch / background fetch.
     pub prefetched_bytes: AtomicU64,
     pub background_bytes: AtomicU64,
+    /// Verified chunks the cache could not store (disk full, I/O error):
+    /// served from memory instead.
+    pub cache_write_failures: AtomicU64,
+}
+
+/// Most bytes of verified chunks a layer keeps in memory when the cache
+/// cannot store them.
+const SPILL_LIMIT: u64 = 64 << 20;
+
+/// Verified chunks the cache could not store, oldest first out.
+#[derive(Debug, Default)]
+struct Spill {
+    chunks: HashMap<Digest, Arc<Vec<u8>>>,
+    order: std::collections::VecDeque<Digest>,
+    bytes: u64,
+}
+
+impl Spill {
+    fn get(&self, d: &Digest) -> Option<Arc<Vec<u8>>> {
+        self.chunks.get(d).cloned()
+    }
+
+    fn put(&mut self, d: Digest, bytes: Vec<u8>) {
+        if self.chunks.contains_key(&d) {
+            return;
+        }
+        self.bytes += bytes.len() as u64;
+        self.chunks.insert(d, Arc::new(bytes));
+        self.order.push_back(d);
+        while self.bytes > SPILL_LIMIT && self.order.len() > 1 {
+            if let Some(old) = self.order.pop_front() {
+                if let Some(v) = self.chunks.remove(&old) {
+                    self.bytes -= v.len() as u64;
+                }
+            }
+        }
+    }
 }
 
 /// A chunk's identity within its blob: several small files may share one
@@ -192,6 +234,9 @@ pub struct Layer {
     hook: Option<VerdictHook>,
     /// The sequential pass (one at a time: warm and verify_now share it).
     pass: Mutex<Pass>,
+    /// Chunks whose fetch failed just now: (when, why).
+    failures: Mutex<HashMap<(u64, u64), (Instant, String)>>,
+    spill: Mutex<Spill>,
 }
 
 /// Progress of the sequential pass over the blob.
@@ -244,6 +289,8 @@ impl Layer {
             verdict: Mutex::new(Verdict::Pending),
             hook: None,
             pass: Mutex::new(Pass::new()),
+            failures: Mutex::new(HashMap::new()),
+            spill: Mutex::new(Spill::default()),
         }
     }
 
@@ -290,6 +337,12 @@ impl Layer {
         &self.index
     }
 
+    /// The runtime the layer fetches on (the FUSE edge runs waiting reads
+    /// on its blocking threads).
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.rt
+    }
+
     pub fn digest(&self) -> &Digest {
         self.source.digest()
     }
@@ -304,6 +357,63 @@ impl Layer {
 
     pub fn observer(&self) -> &Arc<dyn Observer> {
         &self.observer
+    }
+
+    /// Whether a chunk's verified bytes are at hand (cache or memory).
+    fn have(&self, d: &Digest) -> bool {
+        self.cache.contains(d) || self.spill.lock().is_ok_and(|s| s.get(d).is_some())
+    }
+
+    /// Copies `len` bytes at `from` of chunk `d` into `out`, from the cache
+    /// or from memory; false when neither has it.
+    fn copy_chunk(
+        &self,
+        d: &Digest,
+        from: u64,
+        len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, ReadError> {
+        if self.cache.read_into(d, from, len, out)? {
+            return Ok(true);
+        }
+        let spilled = self.spill.lock().ok().and_then(|s| s.get(d));
+        let Some(bytes) = spilled else {
+            return Ok(false);
+        };
+        let start = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
+        let end = start.saturating_add(len).min(bytes.len());
+        out.extend_from_slice(&bytes[start..end]);
+        Ok(true)
+    }
+
+    /// A fetch of chunk `c` that failed within `failure_memory`.
+    fn recent_failure(&self, c: &Chunk) -> Option<String> {
+        let f = self.failures.lock().ok()?;
+        let (at, why) = f.get(&key(c))?;
+        (at.elapsed() < self.cfg.failure_memory).then(|| why.clone())
+    }
+
+    fn remember_failure(&self, c: &Chunk, why: &str) {
+        let memory = self.cfg.failure_memory;
+        if let Ok(mut f) = self.failures.lock() {
+            f.retain(|_, (at, _)| at.elapsed() < memory);
+            f.insert(key(c), (Instant::now(), why.to_owned()));
+        }
+    }
+
+    /// Reads like [`Layer::read`], but only when every byte is at hand
+    /// (`None` otherwise): never waits on the network, so the FUSE edge can
+    /// answer it on its own thread.
+    pub fn read_if_cached(&self, ino: u64, offset: u64, size: u32) -> Option<Result<Vec<u8>, ReadError>> {
+        let node = self.index.node(ino)?;
+        let end = node.size.min(offset.saturating_add(u64::from(size)));
+        let chunks = self.index.chunks(node);
+        let first = chunks.partition_point(|c| c.file_offset + c.size <= offset);
+        let all_here = chunks[first..]
+            .iter()
+            .take_while(|c| c.file_offset < end)
+            .all(|c| self.have(&c.digest));
+        all_here.then(|| self.read(ino, offset, size))
     }
 
     /// Chunks of this layer not in the cache yet (an estimate: it checks the
@@ -362,7 +472,7 @@ impl Layer {
             let mut tries = 0;
             loop {
                 self.ensure(c, Purpose::Read)?;
-                if self.cache.read_into(&c.digest, from, len, &mut out)? {
+                if self.copy_chunk(&c.digest, from, len, &mut out)? {
                     break;
                 }
                 // evicted between fetch and read: fetch once more
@@ -385,12 +495,19 @@ impl Layer {
     /// Makes sure `chunk` is in the cache, fetching it (and a read-around
     /// window after it) if needed.
     fn ensure(&self, chunk: &Chunk, purpose: Purpose) -> Result<(), ReadError> {
-        let hit = self.cache.contains(&chunk.digest);
+        let hit = self.have(&chunk.digest);
         if purpose == Purpose::Read {
             self.observer.cache_lookup(hit);
         }
         if hit {
             return Ok(());
+        }
+        if let Some(why) = self.recent_failure(chunk) {
+            return Err(ReadError::Fetch {
+                layer: self.digest().to_string(),
+                what: chunk.digest.to_string(),
+                msg: format!("failed moments ago: {why}"),
+            });
         }
         let Some(pos) = self.pos_of(chunk) else {
             return Err(ReadError::Fetch {
@@ -405,7 +522,7 @@ impl Layer {
         while let (Some(prev), Some(c)) = (self.chunk_at(next - 1), self.chunk_at(next)) {
             if !adjacent(prev, c)
                 || extra + c.blob_len > self.cfg.readaround
-                || self.cache.contains(&c.digest)
+                || self.have(&c.digest)
             {
                 break;
             }
@@ -423,7 +540,7 @@ impl Layer {
             return Err(e);
         }
         // The chunk we need may have been claimed by another reader.
-        if self.cache.contains(&chunk.digest) {
+        if self.have(&chunk.digest) {
             return Ok(());
         }
         self.wait_for(chunk)
@@ -445,7 +562,7 @@ impl Layer {
             {
                 return Err(e);
             }
-            return if self.cache.contains(&chunk.digest) {
+            return if self.have(&chunk.digest) {
                 Ok(())
             } else {
                 self.wait_for_flight_only(chunk)
@@ -507,7 +624,7 @@ impl Layer {
             };
             for &p in positions {
                 let Some(c) = self.chunk_at(p) else { continue };
-                if self.cache.contains(&c.digest) || inflight.contains_key(&key(c)) {
+                if self.have(&c.digest) || inflight.contains_key(&key(c)) {
                     continue;
                 }
                 let f = Arc::new(Flight::default());
@@ -592,6 +709,11 @@ impl Layer {
         match self.fetch_range(range.clone(), purpose) {
             Ok(data) => self.deliver(run, &data, range.start),
             Err(msg) => {
+                for (p, _) in run {
+                    if let Some(c) = self.chunk_at(*p) {
+                        self.remember_failure(c, &msg);
+                    }
+                }
                 self.complete(run, Err(msg.clone()));
                 run.iter()
                     .map(|(p, _)| {
@@ -624,10 +746,19 @@ impl Layer {
             let lo = (c.blob_offset - start) as usize;
             let hi = lo + c.blob_len as usize;
             let r = match data.get(lo..hi).map(|b| decompress_chunk(c, b)) {
-                Some(Ok(bytes)) => self
-                    .cache
-                    .put(&c.digest, &bytes)
-                    .map_err(|e| format!("cache write: {e}")),
+                Some(Ok(bytes)) => {
+                    if let Err(e) = self.cache.put(&c.digest, &bytes) {
+                        // Verified bytes are served anyway, from memory.
+                        let n = self.stats.cache_write_failures.fetch_add(1, Ordering::Relaxed);
+                        if n == 0 {
+                            tracing::warn!(layer = %self.digest(), error = %e, "the chunk cache cannot store chunks; serving them from memory");
+                        }
+                        if let Ok(mut s) = self.spill.lock() {
+                            s.put(c.digest, bytes);
+                        }
+                    }
+                    Ok(())
+                }
                 Some(Err(e)) => {
                     self.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
                     self.observer.verify_failure();
@@ -671,7 +802,7 @@ impl Layer {
         let mut mine = Vec::new();
         for p in positions {
             let Some(c) = self.chunk_at(p) else { continue };
-            if self.cache.contains(&c.digest) || inflight.contains_key(&key(c)) {
+            if self.have(&c.digest) || inflight.contains_key(&key(c)) {
                 continue;
             }
             let f = Arc::new(Flight::default());

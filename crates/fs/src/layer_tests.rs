@@ -149,6 +149,7 @@ fn quiet() -> LayerConfig {
         prefetch: false,
         background_fetch: false,
         readaround: 0,
+        failure_memory: Duration::ZERO,
         ..LayerConfig::default()
     }
 }
@@ -423,4 +424,55 @@ fn verify_now_gives_up_at_its_deadline() {
     let t = Instant::now();
     assert_eq!(l.verify_now(t + Duration::from_secs(5)), Verdict::Pending);
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+#[test]
+fn a_failed_fetch_is_remembered_so_retries_fail_at_once() {
+    let cfg = LayerConfig {
+        fetch_timeout: Duration::from_millis(500),
+        failure_memory: Duration::from_millis(300),
+        ..quiet()
+    };
+    let (_d, src, l, a, _rt) = layer(cfg);
+    let i = ino(&l, "a");
+    src.hang.store(true, Ordering::SeqCst);
+    let t = Instant::now();
+    assert!(l.read(i, 0, 10).is_err());
+    let first = t.elapsed();
+    assert!(first >= Duration::from_millis(400), "{first:?}");
+    let before = src.requests.load(Ordering::SeqCst);
+    // The kernel's retries: answered at once, no new request.
+    let t = Instant::now();
+    for _ in 0..5 {
+        let e = l.read(i, 0, 10).unwrap_err();
+        assert!(e.to_string().contains("moments ago"), "{e}");
+    }
+    assert!(t.elapsed() < Duration::from_millis(250), "{:?}", t.elapsed());
+    assert_eq!(src.requests.load(Ordering::SeqCst), before);
+    // Recovery once the source answers again and the memory has passed.
+    src.hang.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        match l.read(i, 0, 10) {
+            Ok(got) => break got,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("no recovery: {e}"),
+        }
+    };
+    assert_eq!(got, a[..10]);
+}
+
+#[test]
+fn verified_bytes_are_served_when_the_cache_cannot_store_them() {
+    let (d, src, l, a, _rt) = layer(quiet());
+    // The cache's directory is gone: every write fails.
+    std::fs::remove_dir_all(d.path()).unwrap();
+    let i = ino(&l, "a");
+    assert_eq!(l.read(i, 1000, 5000).unwrap(), a[1000..6000]);
+    assert_eq!(l.read(i, 200_000, 100).unwrap(), a[200_000..200_100]);
+    assert!(l.stats.cache_write_failures.load(Ordering::SeqCst) >= 2);
+    // Served from memory afterwards: no new request.
+    let n = src.requests.load(Ordering::SeqCst);
+    assert_eq!(l.read(i, 1000, 10).unwrap(), a[1000..1010]);
+    assert_eq!(src.requests.load(Ordering::SeqCst), n);
 }

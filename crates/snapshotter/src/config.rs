@@ -108,6 +108,11 @@ pub struct RemoteSection {
     pub fetch_timeout_secs: u64,
     /// Per-request timeout of the registry client.
     pub request_timeout_secs: u64,
+    /// How long, ms, a failed fetch of a chunk is remembered: the kernel
+    /// retries a failed read at once, and the retries fail at once too
+    /// instead of each waiting `fetch_timeout_secs` again (0 = retry every
+    /// time).
+    pub failure_memory_ms: u64,
     /// Fetch files before the eStargz prefetch landmark at mount
     /// (`HOLOGRAM_PREFETCH=0` turns it off).
     pub prefetch: bool,
@@ -141,6 +146,7 @@ impl Default for RemoteSection {
             enabled: true,
             fetch_timeout_secs: 30,
             request_timeout_secs: 10,
+            failure_memory_ms: 2000,
             prefetch: true,
             background_fetch: true,
             background_fetch_mib_per_sec: 32,

@@ -65,6 +65,7 @@ pub fn install_collector(metrics: &Metrics, remote: Arc<RemoteLayers>) {
             g.background_fetch_bytes += l.stats.background_bytes.load(Ordering::Relaxed);
             g.bytes_served += l.stats.bytes_served.load(Ordering::Relaxed);
             g.background_pending_chunks += l.pending_chunks();
+            g.cache_write_failures += l.stats.cache_write_failures.load(Ordering::Relaxed);
         }
     }));
 }

@@ -284,6 +284,9 @@ pub struct GaugeSnapshot {
     /// Bytes served to readers since start, monotonic
     /// (`hologram_served_bytes_total`).
     pub bytes_served: u64,
+    /// Chunks of the mounted layers the cache could not store, served from
+    /// memory (`hologram_cache_write_failures`).
+    pub cache_write_failures: u64,
 }
 
 type CollectFn = Box<dyn Fn(&mut GaugeSnapshot) + Send + Sync>;
@@ -385,6 +388,12 @@ impl Collector for StateCollector {
             "hologram_served_bytes",
             "Bytes served to readers of remote layers since start.",
             s.bytes_served,
+        )?;
+        encode_gauge(
+            e,
+            "hologram_cache_write_failures",
+            "Verified chunks of the mounted layers the cache could not store (disk full, I/O error), served from memory.",
+            s.cache_write_failures,
         )?;
 
         let p = process::sample();

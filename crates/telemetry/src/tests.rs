@@ -167,6 +167,7 @@ const SEED: &[(&str, &str)] = &[
     ("hologram_background_fetch_bytes", "gauge"),
     ("hologram_background_pending_chunks", "gauge"),
     ("hologram_served_bytes", "counter"),
+    ("hologram_cache_write_failures", "gauge"),
     ("process_resident_memory_bytes", "gauge"),
     ("process_start_time_seconds", "gauge"),
     ("process_cpu_seconds", "counter"),
@@ -336,6 +337,7 @@ fn counters_move_by_what_was_recorded() {
         s.background_fetch_bytes = 888;
         s.background_pending_chunks = 9;
         s.bytes_served = 123_456;
+        s.cache_write_failures = 4;
     }));
 
     let text = m.encode();
@@ -510,6 +512,7 @@ fn counters_move_by_what_was_recorded() {
     assert_eq!(get(&f, "hologram_background_fetch_bytes", &[]), 888.0);
     assert_eq!(get(&f, "hologram_background_pending_chunks", &[]), 9.0);
     assert_eq!(get(&f, "hologram_served_bytes_total", &[]), 123456.0);
+    assert_eq!(get(&f, "hologram_cache_write_failures", &[]), 4.0);
 
     // Counting again moves only what was counted.
     m.cache_lookup(false);
