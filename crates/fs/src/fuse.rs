@@ -10,7 +10,8 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
-use std::path::Path;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -43,7 +44,7 @@ enum OpenState {
 pub struct LayerFs {
     layer: Arc<Layer>,
     /// The kernel accepted FUSE passthrough (Linux ≥ 6.9, CAP_SYS_ADMIN).
-    passthrough: AtomicBool,
+    passthrough: Arc<AtomicBool>,
     opens: Mutex<HashMap<u64, OpenState>>,
 }
 
@@ -105,7 +106,7 @@ impl LayerFs {
     pub fn new(layer: Arc<Layer>) -> Self {
         LayerFs {
             layer,
-            passthrough: AtomicBool::new(false),
+            passthrough: Arc::new(AtomicBool::new(false)),
             opens: Mutex::new(HashMap::new()),
         }
     }
@@ -441,12 +442,22 @@ fn answer_read(
 pub struct MountedLayer {
     layer: Arc<Layer>,
     session: Option<fuser::BackgroundSession>,
+    /// A duplicate of the connection's `/dev/fuse` fd, for a holder that
+    /// keeps the connection alive while the daemon restarts.
+    device: Option<OwnedFd>,
+    /// What the kernel accepted at FUSE_INIT (a process taking the
+    /// connection over must know it: the kernel asks only once).
+    passthrough: Arc<AtomicBool>,
+    /// Set when this process took the connection over from an earlier one:
+    /// fuser did not mount it, so dropping the session does not unmount it.
+    adopted_at: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for MountedLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MountedLayer")
             .field("layer", &self.layer)
+            .field("adopted_at", &self.adopted_at)
             .finish_non_exhaustive()
     }
 }
@@ -454,6 +465,30 @@ impl std::fmt::Debug for MountedLayer {
 impl MountedLayer {
     pub fn layer(&self) -> &Arc<Layer> {
         &self.layer
+    }
+
+    /// The connection's `/dev/fuse` fd (borrowed: duplicate it to keep it).
+    pub fn device(&self) -> Option<BorrowedFd<'_>> {
+        self.device.as_ref().map(AsFd::as_fd)
+    }
+
+    /// Whether the kernel accepted FUSE passthrough on this connection.
+    pub fn passthrough(&self) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
+    }
+
+    /// Stops serving without unmounting, for a process about to exit whose
+    /// successor takes the connection over (the kernel keeps the mount and
+    /// queues requests while a holder keeps a duplicate of the fd). The
+    /// worker threads are left to end with the process.
+    pub fn leave_mounted(mut self) {
+        self.layer.close();
+        if let Some(s) = self.session.take() {
+            // Dropping the session would unmount; the process is exiting
+            // anyway, and its threads end with it.
+            std::mem::forget(s);
+        }
+        self.adopted_at = None;
     }
 }
 
@@ -465,15 +500,19 @@ impl Drop for MountedLayer {
         // connection alive until they are closed, and shutdown must not hang
         // on them.
         drop(self.session.take());
+        if let Some(path) = self.adopted_at.take() {
+            if let Err(e) = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH) {
+                tracing::warn!(mountpoint = %path.display(), error = %e, "cannot detach a mount taken over at start");
+            }
+        }
     }
 }
 
-/// Mounts `layer` read-only at `mountpoint` and starts its prefetch and
-/// background fetch on a thread of their own.
-pub fn mount(layer: Arc<Layer>, mountpoint: &Path, threads: usize) -> io::Result<MountedLayer> {
+/// fuser's configuration for a layer's session.
+fn session_config(threads: usize, fsname: String) -> Config {
     let mut cfg = Config::default();
     cfg.mount_options = vec![
-        MountOption::FSName(format!("hologram:{}", layer.digest())),
+        MountOption::FSName(fsname),
         MountOption::Subtype("hologram".into()),
         MountOption::RO,
         MountOption::DefaultPermissions,
@@ -489,13 +528,65 @@ pub fn mount(layer: Arc<Layer>, mountpoint: &Path, threads: usize) -> io::Result
     // interrupting. A read a signal would have interrupted is bounded by
     // `fetch_timeout` instead.
     cfg.clone_fd = false;
-    let session = fuser::spawn_mount(LayerFs::new(Arc::clone(&layer)), mountpoint, &cfg)?;
-    let warm = Arc::clone(&layer);
+    cfg
+}
+
+fn start_warm(layer: &Arc<Layer>) -> io::Result<()> {
+    let warm = Arc::clone(layer);
     std::thread::Builder::new()
         .name("hologram-warm".into())
         .spawn(move || warm.warm())?;
+    Ok(())
+}
+
+/// Mounts `layer` read-only at `mountpoint` and starts its prefetch and
+/// background fetch on a thread of their own.
+pub fn mount(layer: Arc<Layer>, mountpoint: &Path, threads: usize) -> io::Result<MountedLayer> {
+    let cfg = session_config(threads, format!("hologram:{}", layer.digest()));
+    let fs = LayerFs::new(Arc::clone(&layer));
+    let passthrough = Arc::clone(&fs.passthrough);
+    let session = fuser::Session::new(fs, mountpoint, &cfg)?;
+    let device = session.as_fd().try_clone_to_owned()?;
+    let session = session.spawn()?;
+    start_warm(&layer)?;
     Ok(MountedLayer {
         layer,
         session: Some(session),
+        device: Some(device),
+        passthrough,
+        adopted_at: None,
+    })
+}
+
+/// Serves `layer` on a live FUSE connection an earlier process mounted at
+/// `mountpoint` and initialised (`passthrough`: what the kernel accepted
+/// then), and asks the kernel to send again the requests that process read
+/// and never answered.
+pub fn adopt(
+    layer: Arc<Layer>,
+    device: OwnedFd,
+    mountpoint: &Path,
+    threads: usize,
+    passthrough: bool,
+) -> io::Result<MountedLayer> {
+    let cfg = session_config(threads, format!("hologram:{}", layer.digest()));
+    let fs = LayerFs::new(Arc::clone(&layer));
+    fs.passthrough.store(passthrough, Ordering::Relaxed);
+    let flag = Arc::clone(&fs.passthrough);
+    let keep = device.try_clone()?;
+    let session = fuser::Session::from_fd_initialized(fs, device, SessionACL::All, cfg);
+    let session = session.spawn()?;
+    if let Err(e) = session.notifier().resend() {
+        // Linux < 6.9: a request the dead process had read stays unanswered
+        // (its reader waits until the connection is aborted).
+        tracing::warn!(mountpoint = %mountpoint.display(), error = %e, "FUSE_NOTIFY_RESEND refused; requests in flight at the restart are lost");
+    }
+    start_warm(&layer)?;
+    Ok(MountedLayer {
+        layer,
+        session: Some(session),
+        device: Some(keep),
+        passthrough: flag,
+        adopted_at: Some(mountpoint.to_path_buf()),
     })
 }

@@ -36,6 +36,48 @@ pub struct FileConfig {
     /// Witness verification.
     #[serde(default)]
     pub trust: TrustSection,
+    /// Restarts that running containers do not notice.
+    #[serde(default)]
+    pub restart: RestartSection,
+}
+
+/// `[restart]`: keeping FUSE connections and the gRPC socket alive while the
+/// daemon restarts (docs/RELIABILITY.md).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestartSection {
+    /// Hand the `/dev/fuse` connections and the listening socket to a holder
+    /// process (`hologram-fdstore`) so a restarted daemon takes them over
+    /// (`HOLOGRAM_HANDOVER=0` turns it off: a restart then re-mounts every
+    /// layer, and running containers' reads fail with ENOTCONN).
+    pub handover: bool,
+    /// How long the holder waits for a daemon to come back before it aborts
+    /// the connections it holds (readers then get ENOTCONN instead of
+    /// waiting) and exits.
+    pub holder_grace_secs: u64,
+    /// The holder's executable (default: `hologram-fdstore` next to the
+    /// daemon's own).
+    pub holder_binary: Option<PathBuf>,
+}
+
+impl Default for RestartSection {
+    fn default() -> Self {
+        RestartSection {
+            handover: true,
+            holder_grace_secs: 60,
+            holder_binary: None,
+        }
+    }
+}
+
+impl RestartSection {
+    /// The environment's override (`HOLOGRAM_HANDOVER`).
+    pub fn with_env(mut self) -> Self {
+        if let Some(v) = env_flag("HOLOGRAM_HANDOVER") {
+            self.handover = v;
+        }
+        self
+    }
 }
 
 /// `[trust]`: verify image witnesses before layers are used.
@@ -214,6 +256,7 @@ pub struct Config {
     pub metrics_address: String,
     pub remote: RemoteSection,
     pub trust: TrustSection,
+    pub restart: RestartSection,
 }
 
 impl Config {
@@ -240,6 +283,7 @@ impl Config {
                 .unwrap_or_else(|| hologram_telemetry::DEFAULT_METRICS_ADDRESS.to_owned()),
             remote: file.remote,
             trust: file.trust,
+            restart: file.restart.with_env(),
         }
     }
 }

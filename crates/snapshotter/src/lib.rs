@@ -13,6 +13,9 @@
 //!   restoring mounts after a restart;
 //! * `trust.rs` — the witness check of an image before its layers are used;
 //! * `mounts.rs` — the mounts handed back to containerd;
+//! * `fdstore/` — handing FUSE connections and the listening socket to a
+//!   holder process so a restarted daemon takes them over (running
+//!   containers never notice the restart);
 //! * `daemon.rs` — socket, server, signals; `config.rs` — configuration.
 
 #![forbid(unsafe_code)]
@@ -21,6 +24,7 @@ pub mod alloc;
 pub mod config;
 pub mod daemon;
 pub mod disk_usage;
+pub mod fdstore;
 pub mod metrics;
 pub mod mountinfo;
 pub mod mounts;
