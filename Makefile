@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 BUILD := build
-BINS := hologram-snapshotter hologram
+BINS := hologram-snapshotter hologram-fdstore hologram
 PREFIX ?= /usr/local
 APT_PKGS := containerd runc fuse3 docker-registry skopeo umoci busybox-static iproute2 curl python3 \
   python3-prometheus-client ca-certificates stargz-snapshotter debootstrap stress-ng git
@@ -33,6 +33,7 @@ build-all:
 ## install: binaries, systemd unit, default config, containerd snippet
 install: build
 	install -D -m 0755 $(BUILD)/hologram-snapshotter $(DESTDIR)$(PREFIX)/bin/hologram-snapshotter
+	install -D -m 0755 $(BUILD)/hologram-fdstore $(DESTDIR)$(PREFIX)/bin/hologram-fdstore
 	install -D -m 0755 $(BUILD)/hologram $(DESTDIR)$(PREFIX)/bin/hologram
 	install -D -m 0644 packaging/hologram-snapshotter.service $(DESTDIR)/etc/systemd/system/hologram-snapshotter.service
 	@if [ -e $(DESTDIR)/etc/hologram-snapshotter/config.toml ]; then \

@@ -117,6 +117,16 @@ impl Snapshotter {
         self.metrics_address = addr.to_owned();
     }
 
+    /// The daemon executable for the next start (an upgrade: another binary).
+    pub fn set_binary(&mut self, bin: PathBuf) {
+        self.bin = bin;
+    }
+
+    /// The daemon executable of the next start.
+    pub fn binary(&self) -> &Path {
+        &self.bin
+    }
+
     /// An environment variable for the daemon's next start.
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
@@ -148,6 +158,9 @@ impl Snapshotter {
             bail!("snapshotter is already running");
         }
         let cmd = self.command(&self.root, &self.socket);
+        // The fd holder may keep the socket accepting while no daemon runs:
+        // ready means this daemon said it serves, and the socket accepts.
+        let served_before = self.serving_lines();
         let mut daemon = Daemon::spawn("hologram-snapshotter", cmd, &self.log)?;
         let socket = self.socket.clone();
         let ready = wait_until(
@@ -158,7 +171,7 @@ impl Snapshotter {
                 if let Some(status) = daemon.try_exited()? {
                     bail!("hologram-snapshotter exited during start-up ({status})");
                 }
-                Ok(socket_accepts(&socket))
+                Ok(self.serving_lines() > served_before && socket_accepts(&socket))
             },
         );
         if let Err(e) = ready {
@@ -172,6 +185,46 @@ impl Snapshotter {
         }
         self.daemon = Some(daemon);
         Ok(())
+    }
+
+    /// How many times the daemon's log says it serves the snapshots API.
+    fn serving_lines(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .map(|t| t.matches("serving containerd snapshots API").count())
+            .unwrap_or(0)
+    }
+
+    /// The pid of the fd holder the daemon started for this root, if one
+    /// runs (`<root>/fdstore.pid`, checked against /proc).
+    pub fn holder_pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.root.join("fdstore.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        String::from_utf8_lossy(&cmdline)
+            .contains("hologram-fdstore")
+            .then_some(pid)
+    }
+
+    /// Kills the fd holder (SIGKILL) and waits until it is gone: what it
+    /// held is closed (FUSE connections no daemon serves end).
+    pub fn kill_holder(&self) -> Result<()> {
+        let Some(pid) = self.holder_pid() else {
+            return Ok(());
+        };
+        crate::process::send_signal(pid.unsigned_abs(), libc::SIGKILL)?;
+        wait_until(
+            "the fd holder to exit",
+            STOP_TIMEOUT,
+            Duration::from_millis(20),
+            || {
+                Ok(std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+                    .unwrap_or(true))
+            },
+        )
     }
 
     /// SIGTERM and wait; fails if the daemon needs SIGKILL or exits non-zero.
@@ -268,6 +321,9 @@ impl Drop for Snapshotter {
             if let Err(e) = daemon.terminate(STOP_TIMEOUT) {
                 eprintln!("e2e cleanup: {e:#}");
             }
+        }
+        if let Err(e) = self.kill_holder() {
+            eprintln!("e2e cleanup: {e:#}");
         }
         if let Err(e) = unmount_under(&self.root) {
             eprintln!(

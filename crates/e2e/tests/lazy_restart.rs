@@ -1,4 +1,6 @@
-//! kill -9 of the daemon after a lazy pull: its FUSE mounts die with it
+//! kill -9 of the daemon after a lazy pull, with handover off
+//! (`HOLOGRAM_HANDOVER=0`; with it on, the mounts live on: see
+//! restart_keeps_containers.rs): its FUSE mounts die with it
 //! ("Transport endpoint is not connected"). The restarted daemon detaches
 //! the dead mounts and mounts the layers again from its local TOC copies —
 //! with the registry stopped, to prove no network is needed for that — and
@@ -6,11 +8,14 @@
 
 use anyhow::Result;
 use hologram_e2e::image::content::DEFAULT_CMD_OUTPUT;
-use hologram_e2e::lazy::{image_facts, LazyEnv};
+use hologram_e2e::lazy::{image_facts, LazyEnv, LazyOptions};
 
 #[test]
 fn layers_are_mounted_again_after_kill9_without_the_registry() -> Result<()> {
-    let mut env = LazyEnv::start()?;
+    let mut env = LazyEnv::start_with(LazyOptions {
+        env: vec![("HOLOGRAM_HANDOVER".into(), "0".into())],
+        ..LazyOptions::default()
+    })?;
     let original = env.push_mkimage(false, "e2e/layers:restart")?;
     let target = format!("{}/e2e/layers:restart-esgz", env.registry.addr());
     env.convert(&original.reference, &target, &[])?;

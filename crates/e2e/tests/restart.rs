@@ -1,6 +1,7 @@
 //! Test 5: the daemon is stopped with SIGTERM between pull and run and
 //! started again on the same root and socket; containerd keeps running,
-//! reconnects, and everything the daemon had is still there.
+//! reconnects, and everything the daemon had is still there. The fd holder
+//! keeps the socket meanwhile: connections wait instead of being refused.
 
 use anyhow::Result;
 use hologram_e2e::image::content::DEFAULT_CMD_OUTPUT;
@@ -29,8 +30,12 @@ fn restart_between_pull_and_run() -> Result<()> {
     let status = env.snapshotter.stop()?;
     assert_eq!(status.code(), Some(0));
     assert!(
-        !socket_accepts(env.snapshotter.socket()),
-        "socket still accepts connections after the daemon exited"
+        socket_accepts(env.snapshotter.socket()),
+        "the fd holder should keep the socket while no daemon runs"
+    );
+    assert!(
+        env.snapshotter.holder_pid().is_some(),
+        "the fd holder outlives the daemon"
     );
     assert!(
         env.containerd.is_running()?,

@@ -186,9 +186,10 @@ impl Filesystem for LayerFs {
         let _ = config.set_max_readahead(1024 * 1024);
         // Passthrough for files complete in the cache. Stack depth 1: the
         // backing files are on a plain filesystem, and overlayfs stacks on us.
-        let ok = config
-            .add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH)
-            .is_ok()
+        let ok = self.layer.passthrough_allowed()
+            && config
+                .add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH)
+                .is_ok()
             && config.set_max_stack_depth(1).is_ok();
         self.passthrough.store(ok, Ordering::Relaxed);
         tracing::debug!(passthrough = ok, "FUSE session initialised");

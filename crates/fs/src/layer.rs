@@ -55,6 +55,11 @@ pub struct LayerConfig {
     /// a failed read at once (readahead, then synchronously), and each
     /// retry must fail at once too rather than wait another `fetch_timeout`.
     pub failure_memory: Duration,
+    /// Offer FUSE passthrough for files complete in the cache. Off when the
+    /// daemon hands its connections over across restarts: the kernel fixes
+    /// each open inode's I/O mode (cached or passthrough) and a successor
+    /// that does not know it would fail opens with EIO.
+    pub passthrough: bool,
 }
 
 impl Default for LayerConfig {
@@ -67,6 +72,7 @@ impl Default for LayerConfig {
             background_fetch: true,
             background_rate: 32 * 1024 * 1024,
             failure_memory: Duration::from_secs(2),
+            passthrough: true,
         }
     }
 }
@@ -335,6 +341,11 @@ impl Layer {
 
     pub fn index(&self) -> &Index {
         &self.index
+    }
+
+    /// Whether FUSE passthrough may be offered (see [`LayerConfig`]).
+    pub fn passthrough_allowed(&self) -> bool {
+        self.cfg.passthrough
     }
 
     /// The runtime the layer fetches on (the FUSE edge runs waiting reads

@@ -2,7 +2,8 @@
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
-use std::path::Path;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -12,6 +13,8 @@ use hologram_telemetry::Metrics;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::fdstore::client::{Handover, Inherited};
+use crate::fdstore::{Key, Meta};
 use crate::service::{SnapshotsService, SHUTDOWN_GRACE};
 use crate::snapshotter::Snapshotter;
 
@@ -94,19 +97,81 @@ impl Health {
     }
 }
 
-/// Serves `sn` on `address` until `shutdown` completes, then removes the socket.
-pub async fn serve(
-    sn: Arc<Snapshotter>,
-    address: &Path,
-    metrics: Option<Arc<Metrics>>,
-    health: Arc<Health>,
-    shutdown: impl std::future::Future<Output = &'static str>,
-) -> anyhow::Result<()> {
+/// Where the gRPC server listens.
+#[derive(Debug)]
+pub struct Listen {
+    /// The socket path containerd connects to.
+    pub address: PathBuf,
+    /// The listening socket an earlier daemon left with the fd holder.
+    pub inherited: Option<Inherited>,
+    /// The fd holder, to hand the listening socket to.
+    pub handover: Option<Arc<Handover>>,
+}
+
+/// The inherited listening socket, when it is a listening unix socket bound
+/// at `address` and the file there is still a socket.
+fn reuse_listener(inherited: Inherited, address: &Path) -> Option<std::os::unix::net::UnixListener> {
+    let Meta::Grpc { path } = &inherited.meta else {
+        return None;
+    };
+    let l = std::os::unix::net::UnixListener::from(inherited.fd);
+    let bound = l.local_addr().ok()?.as_pathname().map(Path::to_path_buf);
+    let is_socket = std::fs::symlink_metadata(address).is_ok_and(|m| m.file_type().is_socket());
+    if path != address || bound.as_deref() != Some(address) || !is_socket {
+        tracing::info!(held_for = %path.display(), bound = ?bound, "the listening socket left by the previous daemon is not this one's; binding anew");
+        return None;
+    }
+    Some(l)
+}
+
+/// The listening socket: the inherited one, or a new one (handed to the fd
+/// holder so the next daemon keeps it).
+fn listen(listen: &Listen) -> anyhow::Result<UnixListener> {
+    let address = listen.address.as_path();
+    if let Some(l) = listen
+        .inherited
+        .as_ref()
+        .and_then(|i| i.fd.try_clone().ok().map(|fd| Inherited { meta: i.meta.clone(), fd }))
+        .and_then(|i| reuse_listener(i, address))
+    {
+        l.set_nonblocking(true)
+            .context("cannot make the inherited socket non-blocking")?;
+        tracing::info!(socket = %address.display(), "took over the listening socket left by the previous daemon (no connection was refused)");
+        // Handed over again: a holder started later must get it too.
+        hand_over(listen, l.as_fd());
+        return UnixListener::from_std(l).context("cannot serve the inherited socket");
+    }
     claim_socket(address)?;
     let listener = UnixListener::bind(address)
         .with_context(|| format!("cannot listen on {}", address.display()))?;
     std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("cannot set permissions of {}", address.display()))?;
+    hand_over(listen, listener.as_fd());
+    Ok(listener)
+}
+
+fn hand_over(listen: &Listen, fd: std::os::fd::BorrowedFd<'_>) {
+    if let Some(h) = &listen.handover {
+        let meta = Meta::Grpc {
+            path: listen.address.clone(),
+        };
+        if let Err(e) = h.put(Key::Grpc, meta, fd) {
+            tracing::warn!(error = %format!("{e:#}"), "cannot hand the listening socket over; containerd will see refused connections during a restart");
+        }
+    }
+}
+
+/// Serves `sn` until `shutdown` completes. The socket file is removed then,
+/// unless the fd holder keeps the socket for the next daemon.
+pub async fn serve(
+    sn: Arc<Snapshotter>,
+    socket: Listen,
+    metrics: Option<Arc<Metrics>>,
+    health: Arc<Health>,
+    shutdown: impl std::future::Future<Output = &'static str>,
+) -> anyhow::Result<()> {
+    let address = socket.address.as_path();
+    let listener = listen(&socket)?;
     tracing::info!(socket = %address.display(), root = %sn.root().display(), "serving containerd snapshots API");
 
     let svc = SnapshotsServer::new(SnapshotsService::new(sn, metrics))
@@ -136,7 +201,13 @@ pub async fn serve(
             Ok(())
         }
     };
-    if let Err(e) = std::fs::remove_file(address) {
+    let kept = match &socket.handover {
+        Some(h) => h.holder_alive(),
+        None => false,
+    };
+    if kept {
+        tracing::info!(socket = %address.display(), "the fd holder keeps the socket: connections wait for the next daemon");
+    } else if let Err(e) = std::fs::remove_file(address) {
         if e.kind() != io::ErrorKind::NotFound {
             tracing::warn!(socket = %address.display(), error = %e, "cannot remove socket");
         }

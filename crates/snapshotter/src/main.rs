@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -16,8 +17,10 @@ use hologram_snapshotter::remote::{RemoteConfig, RemoteLayers};
 use std::net::SocketAddr;
 
 use hologram_snapshotter::daemon::{self, Health};
+use hologram_snapshotter::fdstore::client::{Handover, HandoverConfig, Inherited};
+use hologram_snapshotter::fdstore::Key;
 use hologram_snapshotter::metrics::install_collector;
-use hologram_snapshotter::snapshotter::{RootInUse, Snapshotter};
+use hologram_snapshotter::snapshotter::{RootInUse, RootLock, Snapshotter};
 use hologram_snapshotter::trust::{TrustConfig, TrustGate};
 use hologram_telemetry::{HealthCheck, Metrics};
 use hologram_trust::{Mode, PublicKey};
@@ -129,10 +132,22 @@ async fn serve(cfg: Config, metrics_addr: Option<SocketAddr>) -> anyhow::Result<
         tracing::info!(address = %addr, "metrics on http://{addr}/metrics, health on /healthz");
     }
 
+    // One daemon per root, checked before anything is started for it (the
+    // fd holder in particular).
+    let lock = {
+        let root = cfg.root.clone();
+        tokio::task::spawn_blocking(move || RootLock::acquire(&root)).await??
+    };
     let remote = {
         let (root, rc, handle, m) = (
             cfg.root.clone(),
-            remote_config(&cfg.remote.clone().with_env()),
+            {
+                let mut rc = remote_config(&cfg.remote.clone().with_env());
+                // Passthrough fixes inode I/O modes a successor could not
+                // know (docs/RELIABILITY.md): not with handover.
+                rc.layer.passthrough = !cfg.restart.handover;
+                rc
+            },
             tokio::runtime::Handle::current(),
             metrics.clone(),
         );
@@ -150,11 +165,35 @@ async fn serve(cfg: Config, metrics_addr: Option<SocketAddr>) -> anyhow::Result<
     if let Some(m) = &metrics {
         install_collector(m, Arc::clone(&remote));
     }
+    // What an earlier daemon left with the fd holder: its listening socket
+    // and its FUSE connections, taken over below.
+    let started = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || start_handover(&cfg)).await??
+    };
+    let (handover, listener) = match started {
+        Some((h, mut inherited)) => {
+            let listener = inherited.remove(&Key::Grpc);
+            let fuse = inherited
+                .into_iter()
+                .filter_map(|(k, v)| match k {
+                    Key::Fuse(id) => Some((id, v)),
+                    Key::Grpc => None,
+                })
+                .collect();
+            remote.set_handover(Arc::clone(&h), fuse);
+            (Some(h), listener)
+        }
+        None => (None, None),
+    };
     let trust = trust_gate(&cfg, metrics.clone())?;
 
     let sn = loop {
         let (root, r, t) = (cfg.root.clone(), Arc::clone(&remote), trust.clone());
-        match tokio::task::spawn_blocking(move || Snapshotter::open(&root, Some(r), t)).await? {
+        let lock = lock.try_clone().context("cannot hold the root's lock")?;
+        match tokio::task::spawn_blocking(move || Snapshotter::open_locked(&root, lock, Some(r), t))
+            .await?
+        {
             Ok(sn) => {
                 health.set_store_error(None);
                 break Arc::new(sn);
@@ -176,7 +215,12 @@ async fn serve(cfg: Config, metrics_addr: Option<SocketAddr>) -> anyhow::Result<
     };
     health.set_snapshotter(Arc::clone(&sn));
     let mut sig = sig_rx.clone();
-    let result = daemon::serve(sn, &cfg.address, metrics, health, async move {
+    let socket = daemon::Listen {
+        address: cfg.address.clone(),
+        inherited: listener,
+        handover: handover.clone(),
+    };
+    let result = daemon::serve(sn, socket, metrics, health, async move {
         loop {
             if let Some(s) = *sig.borrow() {
                 return s;
@@ -193,6 +237,52 @@ async fn serve(cfg: Config, metrics_addr: Option<SocketAddr>) -> anyhow::Result<
     }
     let _ = tokio::task::spawn_blocking(move || remote.shutdown()).await;
     result
+}
+
+/// The link to the fd holder (started when none runs) and what an earlier
+/// daemon left with it; `None` when handover is off or unavailable (the
+/// daemon then runs as before: a restart re-mounts every layer).
+#[allow(clippy::type_complexity)]
+fn start_handover(
+    cfg: &Config,
+) -> anyhow::Result<Option<(Arc<Handover>, BTreeMap<Key, Inherited>)>> {
+    if !cfg.restart.handover {
+        return Ok(None);
+    }
+    let binary = match &cfg.restart.holder_binary {
+        Some(b) => b.clone(),
+        None => match std::env::current_exe() {
+            Ok(exe) => exe.with_file_name("hologram-fdstore"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot locate the fd holder; restarts will re-mount layers");
+                return Ok(None);
+            }
+        },
+    };
+    let hc = HandoverConfig::for_root(
+        &cfg.root,
+        binary,
+        Duration::from_secs(cfg.restart.holder_grace_secs),
+    );
+    // A daemon that will not get the socket must not start a holder: check
+    // the socket first (unless our holder keeps it: then it is ours).
+    if !Handover::holder_running(&hc) {
+        daemon::claim_socket(&cfg.address)?;
+    }
+    let result = Handover::start(hc).and_then(|h| {
+        let inherited = h.take()?;
+        Ok((h, inherited))
+    });
+    match result {
+        Ok((h, inherited)) => {
+            tracing::info!(inherited = inherited.len(), "fd holder ready: restarts keep mounts and the socket");
+            Ok(Some((h, inherited)))
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "no fd holder; restarts will re-mount layers (running containers lose them)");
+            Ok(None)
+        }
+    }
 }
 
 /// The trust gate, when `[trust]` (or the environment) asks for one.

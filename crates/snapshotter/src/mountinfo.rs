@@ -44,6 +44,35 @@ pub fn mounts_below(root: &Path) -> Vec<PathBuf> {
         .map_or_else(|_| Vec::new(), |t| mounts_below_in(&t, root))
 }
 
+/// The FUSE connection number (the mount's device minor, its directory
+/// under /sys/fs/fuse/connections) of the hologram mount (source
+/// `hologram:<layer>`) on top at `mountpoint` in `mountinfo` text.
+pub fn fuse_connection_in(mountinfo: &str, mountpoint: &Path) -> Option<u32> {
+    mountinfo
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            let mp = PathBuf::from(unescape(fields.get(4)?));
+            let sep = fields.iter().position(|f| *f == "-")?;
+            let fstype = fields.get(sep + 1)?;
+            let source = fields.get(sep + 2)?;
+            let (_, minor) = fields.get(2)?.split_once(':')?;
+            let ours = (*fstype == "fuse" || *fstype == "fuse.hologram")
+                && source.starts_with("hologram:");
+            (mp == mountpoint && ours)
+                .then(|| minor.parse().ok())
+                .flatten()
+        })
+}
+
+/// [`fuse_connection_in`] for this process's mounts now.
+pub fn fuse_connection_at(mountpoint: &Path) -> Option<u32> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|t| fuse_connection_in(&t, mountpoint))
+}
+
 /// Detaches (lazily) every mount at or below `root`; failures are logged.
 pub fn unmount_below(root: &Path) {
     for m in mounts_below(root) {
@@ -60,7 +89,7 @@ mod tests {
     #[test]
     fn finds_nested_mounts_deepest_first_with_escapes() {
         let mi = "22 1 0:21 / /proc rw - proc proc rw\n\
-                  90 1 0:50 / /r/snapshots/3/fs ro - fuse.hologram h ro\n\
+                  90 1 0:50 / /r/snapshots/3/fs ro - fuse hologram:sha256:ab ro\n\
                   91 1 0:51 / /r/snapshots/3/fs/deep ro - fuse x ro\n\
                   92 1 0:52 / /r/snapshots/30/fs ro - fuse x ro\n\
                   93 1 0:53 / /r/snap\\040shots/x rw - tmpfs t rw\n";
@@ -75,5 +104,15 @@ mod tests {
             mounts_below_in(mi, Path::new("/r/snap shots")),
             vec![PathBuf::from("/r/snap shots/x")]
         );
+        assert_eq!(
+            fuse_connection_in(mi, Path::new("/r/snapshots/3/fs")),
+            Some(50)
+        );
+        assert_eq!(
+            fuse_connection_in(mi, Path::new("/r/snapshots/30/fs")),
+            None,
+            "not ours"
+        );
+        assert_eq!(fuse_connection_in(mi, Path::new("/r/snapshots/3")), None);
     }
 }

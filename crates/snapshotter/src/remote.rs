@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read as _;
 use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +34,8 @@ use hologram_source::BlobSource;
 use hologram_store::MetaStore;
 use hologram_telemetry::Metrics;
 
+use crate::fdstore::client::{Handover, Inherited};
+use crate::fdstore::{Key, Meta};
 use crate::plan::LayerPlan;
 
 /// Settings of the remote path (from the config file and environment).
@@ -145,6 +148,11 @@ pub struct RemoteLayers {
     store: StoreSlot,
     observer: Arc<dyn Observer>,
     metrics: Option<Arc<Metrics>>,
+    /// The fd holder, when restarts hand FUSE connections over.
+    handover: Mutex<Option<Arc<Handover>>>,
+    /// FUSE connections an earlier daemon left, by snapshot id, until
+    /// [`RemoteLayers::restore`] takes them over.
+    inherited: Mutex<HashMap<u64, Inherited>>,
 }
 
 impl std::fmt::Debug for RemoteLayers {
@@ -184,7 +192,47 @@ impl RemoteLayers {
             store: Arc::new(Mutex::new(None)),
             observer,
             metrics,
+            handover: Mutex::new(None),
+            inherited: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Hands every FUSE connection over to `handover` from now on, and
+    /// offers the connections an earlier daemon left (`inherited`, by
+    /// snapshot id) to [`RemoteLayers::restore`].
+    pub fn set_handover(&self, handover: Arc<Handover>, inherited: HashMap<u64, Inherited>) {
+        if let Ok(mut h) = self.handover.lock() {
+            *h = Some(handover);
+        }
+        if let Ok(mut i) = self.inherited.lock() {
+            *i = inherited;
+        }
+    }
+
+    fn handover(&self) -> Option<Arc<Handover>> {
+        self.handover.lock().ok().and_then(|h| h.clone())
+    }
+
+    /// Releases the inherited connections no snapshot took over (their
+    /// snapshots are gone): the holder closes them, which ends them, and
+    /// their dead mounts are detached.
+    pub fn release_unclaimed(&self, snapshots_dir: &Path) {
+        let left: Vec<(u64, Inherited)> = self
+            .inherited
+            .lock()
+            .map(|mut i| i.drain().collect())
+            .unwrap_or_default();
+        let Some(h) = self.handover() else { return };
+        for (id, inh) in left {
+            tracing::info!(snapshot_id = id, "releasing a FUSE connection left for a snapshot that is gone");
+            h.remove(Key::Fuse(id));
+            drop(inh.fd);
+            if let Meta::Fuse { mountpoint, .. } = &inh.meta {
+                if mountpoint.starts_with(snapshots_dir) {
+                    crate::mountinfo::unmount_below(mountpoint);
+                }
+            }
+        }
     }
 
     /// Where verdicts are recorded (the snapshotter's store).
@@ -314,13 +362,33 @@ impl RemoteLayers {
                 Some(self.verdict_hook(id, name)),
             );
         }
-        let mounted = hologram_fs::fuse::mount(Arc::new(layer), mountpoint, self.cfg.fuse_threads)
-            .map_err(|e| {
-                Fallback::new(
-                    "mount_error",
-                    format!("FUSE mount at {}: {e}", mountpoint.display()),
-                )
-            })?;
+        let layer = Arc::new(layer);
+        let mounted = match self.take_inherited(id, served, mountpoint) {
+            Some((fd, passthrough)) => {
+                match hologram_fs::fuse::adopt(
+                    Arc::clone(&layer),
+                    fd,
+                    mountpoint,
+                    self.cfg.fuse_threads,
+                    passthrough,
+                ) {
+                    Ok(m) => {
+                        tracing::info!(snapshot = name, mountpoint = %mountpoint.display(), "took over the FUSE connection left by the previous daemon");
+                        m
+                    }
+                    Err(e) => {
+                        tracing::warn!(snapshot = name, error = %e, "cannot take the FUSE connection over; mounting again");
+                        crate::mountinfo::unmount_below(mountpoint);
+                        self.fresh_mount(layer, mountpoint)?
+                    }
+                }
+            }
+            None => {
+                crate::mountinfo::unmount_below(mountpoint);
+                self.fresh_mount(layer, mountpoint)?
+            }
+        };
+        self.hand_over(id, served, mountpoint, &mounted);
         match self.mounts.lock() {
             Ok(mut m) => {
                 m.insert(id, mounted);
@@ -331,6 +399,68 @@ impl RemoteLayers {
                 "other",
                 "internal error: the mount table is poisoned",
             )),
+        }
+    }
+
+    fn fresh_mount(&self, layer: Arc<Layer>, mountpoint: &Path) -> Result<MountedLayer, Fallback> {
+        hologram_fs::fuse::mount(layer, mountpoint, self.cfg.fuse_threads).map_err(|e| {
+            Fallback::new(
+                "mount_error",
+                format!("FUSE mount at {}: {e}", mountpoint.display()),
+            )
+        })
+    }
+
+    /// The connection an earlier daemon left for snapshot `id`, when it
+    /// still serves this very layer at this very mountpoint: its fd and
+    /// whether passthrough was negotiated.
+    fn take_inherited(
+        &self,
+        id: u64,
+        served: &Served,
+        mountpoint: &Path,
+    ) -> Option<(OwnedFd, bool)> {
+        let inh = self.inherited.lock().ok()?.remove(&id)?;
+        let Meta::Fuse {
+            mountpoint: mp,
+            layer,
+            conn,
+            passthrough,
+        } = inh.meta
+        else {
+            return None;
+        };
+        let live = crate::mountinfo::fuse_connection_at(mountpoint);
+        if mp != mountpoint || layer != served.layer || live != Some(conn) {
+            tracing::info!(snapshot_id = id, held_for = %mp.display(), layer = %layer, conn, live = ?live,
+                "the FUSE connection left by the previous daemon does not match this snapshot's mount; mounting again");
+            if let Some(h) = self.handover() {
+                h.remove(Key::Fuse(id));
+            }
+            return None;
+        }
+        Some((inh.fd, passthrough))
+    }
+
+    /// Gives the holder a duplicate of the mount's connection (failures are
+    /// logged: the mount works, it just will not survive a restart).
+    fn hand_over(&self, id: u64, served: &Served, mountpoint: &Path, mounted: &MountedLayer) {
+        let Some(h) = self.handover() else { return };
+        let (Some(dev), Some(conn)) = (
+            mounted.device(),
+            crate::mountinfo::fuse_connection_at(mountpoint),
+        ) else {
+            tracing::warn!(mountpoint = %mountpoint.display(), "no FUSE connection to hand over; this mount will not survive a restart");
+            return;
+        };
+        let meta = Meta::Fuse {
+            mountpoint: mountpoint.to_path_buf(),
+            layer: served.layer,
+            conn,
+            passthrough: mounted.passthrough(),
+        };
+        if let Err(e) = h.put(Key::Fuse(id), meta, dev) {
+            tracing::warn!(mountpoint = %mountpoint.display(), error = %format!("{e:#}"), "cannot hand the FUSE connection over; this mount will not survive a restart");
         }
     }
 
@@ -469,6 +599,11 @@ impl RemoteLayers {
     /// Unmounts the layer of snapshot `id`, if it is one of ours.
     pub fn unmount(&self, id: u64) {
         let m = self.mounts.lock().ok().and_then(|mut m| m.remove(&id));
+        if m.is_some() {
+            if let Some(h) = self.handover() {
+                h.remove(Key::Fuse(id));
+            }
+        }
         drop(m);
         if let Ok(mut b) = self.bad.lock() {
             b.remove(&id);
@@ -488,18 +623,31 @@ impl RemoteLayers {
         if served.state == CheckState::Bad {
             self.mark_bad(id);
         }
-        crate::mountinfo::unmount_below(mountpoint);
         self.mount_served(id, name, &served, mountpoint)
     }
 
-    /// Stops everything (daemon shutdown): unmounts all layers.
+    /// Stops everything (daemon shutdown). With a live fd holder the mounts
+    /// stay, for the next daemon to take over (running containers keep
+    /// their files); without one they are unmounted.
     pub fn shutdown(&self) {
         let all: Vec<MountedLayer> = self
             .mounts
             .lock()
             .map(|mut m| m.drain().map(|(_, v)| v).collect())
             .unwrap_or_default();
-        drop(all);
+        let keep = self.handover().is_some_and(|h| {
+            let alive = h.holder_alive();
+            h.close();
+            alive
+        });
+        if keep {
+            tracing::info!(mounts = all.len(), "leaving the FUSE mounts to the fd holder for the next daemon");
+            for m in all {
+                m.leave_mounted();
+            }
+        } else {
+            drop(all);
+        }
     }
 
     /// Layers mounted now (for metrics).

@@ -55,6 +55,43 @@ fn io_err(what: impl std::fmt::Display, e: io::Error) -> StoreError {
 #[error("snapshotter root {0} is in use by another hologram-snapshotter process")]
 pub struct RootInUse(pub PathBuf);
 
+/// The exclusive claim of a root directory (`<root>/lock`, flock): one
+/// daemon per root.
+#[derive(Debug)]
+pub struct RootLock(File);
+
+impl RootLock {
+    /// Creates the root if needed and locks it; [`RootInUse`] when another
+    /// process holds it.
+    pub fn acquire(root: &Path) -> anyhow::Result<RootLock> {
+        use anyhow::Context as _;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root.join("snapshots"))
+            .with_context(|| format!("cannot create snapshotter root {}", root.display()))?;
+        let lock_path = root.join("lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => Ok(RootLock(lock)),
+            Err(fs::TryLockError::WouldBlock) => Err(RootInUse(root.to_owned()).into()),
+            Err(fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
+            }
+        }
+    }
+
+    /// Another handle on the same lock (held while any handle is open).
+    pub fn try_clone(&self) -> std::io::Result<RootLock> {
+        self.0.try_clone().map(RootLock)
+    }
+}
+
 /// One snapshotter over one root directory.
 pub struct Snapshotter {
     root: PathBuf,
@@ -88,26 +125,17 @@ impl Snapshotter {
         remote: Option<Arc<RemoteLayers>>,
         trust: Option<Arc<TrustGate>>,
     ) -> anyhow::Result<Self> {
-        use anyhow::Context as _;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root.join("snapshots"))
-            .with_context(|| format!("cannot create snapshotter root {}", root.display()))?;
-        let lock_path = root.join("lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("cannot open {}", lock_path.display()))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(RootInUse(root.to_owned()).into()),
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
-            }
-        }
+        let lock = RootLock::acquire(root)?;
+        Self::open_locked(root, lock, remote, trust)
+    }
+
+    /// [`Snapshotter::open`] with the root's lock already held.
+    pub fn open_locked(
+        root: &Path,
+        lock: RootLock,
+        remote: Option<Arc<RemoteLayers>>,
+        trust: Option<Arc<TrustGate>>,
+    ) -> anyhow::Result<Self> {
         // Ids must never be reused: start above every id that has a directory,
         // even one whose transaction never committed (see MetaStore docs).
         let floor = max_dir_id(&root.join("snapshots"))?;
@@ -127,7 +155,7 @@ impl Snapshotter {
             remote,
             trust,
             images,
-            _lock: lock,
+            _lock: lock.0,
         };
         sn.restore_remote();
         Ok(sn)
@@ -156,6 +184,7 @@ impl Snapshotter {
                     "cannot mount remote layer again; containers using it will fail to read"),
             }
         }
+        remote.release_unclaimed(&self.snapshots_dir());
     }
 
     /// The remote-layer manager, if any.

@@ -142,7 +142,15 @@ fn a_holder_alone_for_its_grace_period_exits() {
     let pid = holder_pid(dir.path()).unwrap();
     h.close();
     drop(h);
-    wait_for("the holder to exit", Duration::from_secs(30), || !alive(pid));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the holder did not exit\n{}",
+            std::fs::read_to_string(&cfg.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(!cfg.socket.exists(), "socket removed");
     assert!(!cfg.pid_file.exists(), "pid file removed");
     let log = std::fs::read_to_string(&cfg.log).unwrap();

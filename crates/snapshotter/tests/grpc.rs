@@ -39,6 +39,9 @@ impl Daemon {
             .arg("debug")
             .arg("--metrics-address")
             .arg("off")
+            // These tests are about the API and the store across plain
+            // restarts; handover has its own tests (fdstore.rs, e2e).
+            .env("HOLOGRAM_HANDOVER", "0")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -76,12 +79,8 @@ impl Daemon {
 
     fn term(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().unwrap();
-        let ok = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         c.wait().unwrap()
     }
 }
@@ -631,6 +630,7 @@ async fn refuses_a_live_socket_replaces_a_stale_one_and_exits_cleanly() {
     std::fs::create_dir(&other).unwrap();
     std::fs::write(other.join("c.toml"), "").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_hologram-snapshotter"))
+        .env("HOLOGRAM_HANDOVER", "0")
         .arg("--root")
         .arg(other.join("root"))
         .arg("--address")

@@ -30,6 +30,7 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HOLOGRAM_FDSTORE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

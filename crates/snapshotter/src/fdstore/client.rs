@@ -76,6 +76,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Handover {
+    /// Whether a holder answers on `cfg`'s socket now.
+    pub fn holder_running(cfg: &HandoverConfig) -> bool {
+        connect(&cfg.socket).is_ok()
+    }
+
     /// Connects to the holder, starting one when none answers, and keeps
     /// watching it (a holder that goes away is started again and given
     /// everything again).
@@ -288,7 +293,8 @@ fn watch(handover: &std::sync::Weak<Handover>) {
         };
         // Anything this daemon handed over goes to this holder again (a
         // no-op for a holder that already has it).
-        if let Some(h) = handover.upgrade() {
+        {
+            let Some(h) = handover.upgrade() else { return };
             if let Ok(dup) = conn.try_clone() {
                 *lock(&h.watching) = Some(dup);
             }
@@ -299,6 +305,7 @@ fn watch(handover: &std::sync::Weak<Handover>) {
                 .iter()
                 .filter_map(|(k, (m, f))| f.try_clone().ok().map(|f| (*k, m.clone(), f)))
                 .collect();
+            drop(h);
             for (key, meta, fd) in mine {
                 let entry = Entry { key, meta };
                 if let Err(e) = exchange(conn.as_fd(), &Request::Put { entry }, Some(fd.as_fd())) {
