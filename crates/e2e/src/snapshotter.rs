@@ -221,7 +221,13 @@ impl Snapshotter {
             Duration::from_millis(20),
             || {
                 Ok(std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+                    .map(|s| {
+                        s.rsplit(')')
+                            .next()
+                            .unwrap_or("")
+                            .trim_start()
+                            .starts_with('Z')
+                    })
                     .unwrap_or(true))
             },
         )

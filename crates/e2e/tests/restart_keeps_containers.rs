@@ -60,7 +60,10 @@ fn reader_log(path: &Path) -> Result<Vec<(u64, f64)>> {
     let mut out = Vec::new();
     for line in text.lines() {
         if line.starts_with("FAIL") {
-            bail!("the container saw a failure: {line}\n--- reader log tail ---\n{}", tail_of(&text));
+            bail!(
+                "the container saw a failure: {line}\n--- reader log tail ---\n{}",
+                tail_of(&text)
+            );
         }
         let mut w = line.split_whitespace();
         if let (Some("ok"), Some(i), Some(t)) = (w.next(), w.next(), w.next()) {
@@ -129,12 +132,24 @@ fn containers_keep_reading_across_restarts() -> Result<()> {
     let log = env.dir().join("reader.log");
     let uri = format!("file://{}", log.display());
     env.ctr(&[
-        "run", "-d", "--log-uri", &uri, "--snapshotter", SNAPSHOTTER, &target, "reader", "/bin/sh",
-        "-c", READER,
+        "run",
+        "-d",
+        "--log-uri",
+        &uri,
+        "--snapshotter",
+        SNAPSHOTTER,
+        &target,
+        "reader",
+        "/bin/sh",
+        "-c",
+        READER,
     ])?;
-    wait_until("the reader to start", Duration::from_secs(60), Duration::from_millis(50), || {
-        Ok(ok_lines(&log) >= 5)
-    })?;
+    wait_until(
+        "the reader to start",
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || Ok(ok_lines(&log) >= 5),
+    )?;
 
     // The upgrade: the same build at another path.
     let v2 = env.dir().join("v2");
@@ -201,7 +216,9 @@ fn containers_keep_reading_across_restarts() -> Result<()> {
         }
         // No daemon runs now. A ctr call that needs the snapshotter waits
         // in the kept socket's backlog.
-        let containerd = env.containerd.ctr_command(&["snapshots", "--snapshotter", SNAPSHOTTER, "ls"]);
+        let containerd =
+            env.containerd
+                .ctr_command(&["snapshots", "--snapshotter", SNAPSHOTTER, "ls"]);
         let call = std::thread::spawn(move || {
             let mut cmd = containerd;
             hologram_e2e::process::run_with_timeout(&mut cmd, Duration::from_secs(120))
@@ -244,7 +261,11 @@ fn containers_keep_reading_across_restarts() -> Result<()> {
         assert!(pause < MAX_PAUSE, "{kind:?}: paused {pause:?}");
         // Everything reads back through the new daemon, nothing from cache.
         drop_caches()?;
-        let (out, _) = env.exec("reader", &["/bin/sh", "-c", ROOTFS_CHECK_SCRIPT], Duration::from_secs(60))?;
+        let (out, _) = env.exec(
+            "reader",
+            &["/bin/sh", "-c", ROOTFS_CHECK_SCRIPT],
+            Duration::from_secs(60),
+        )?;
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
             expected_rootfs_report(),
@@ -264,7 +285,8 @@ fn containers_keep_reading_across_restarts() -> Result<()> {
     // Every restart took the three layers' connections over (none was
     // mounted again: that would have broken the container).
     assert_eq!(
-        env.log_lines("took over the FUSE connection left by the previous daemon").len(),
+        env.log_lines("took over the FUSE connection left by the previous daemon")
+            .len(),
         12,
         "{}",
         env.diagnostics()
@@ -272,12 +294,20 @@ fn containers_keep_reading_across_restarts() -> Result<()> {
     assert_eq!(env.fuse_mounts()?.len(), 3, "no mount stacked or lost");
     eprintln!("{}", report.join("\n"));
     env.ctr(&["tasks", "kill", "-s", "KILL", "reader"])?;
-    wait_until("the reader to stop", Duration::from_secs(30), Duration::from_millis(50), || {
-        Ok(env
-            .ctr(&["tasks", "ls"])
-            .map(|t| !t.lines().any(|l| l.starts_with("reader ") && l.contains("RUNNING")))
-            .unwrap_or(false))
-    })?;
+    wait_until(
+        "the reader to stop",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || {
+            Ok(env
+                .ctr(&["tasks", "ls"])
+                .map(|t| {
+                    !t.lines()
+                        .any(|l| l.starts_with("reader ") && l.contains("RUNNING"))
+                })
+                .unwrap_or(false))
+        },
+    )?;
     env.ctr(&["tasks", "rm", "reader"])?;
     env.ctr(&["containers", "rm", "reader"])?;
     Ok(())

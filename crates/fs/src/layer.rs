@@ -415,7 +415,12 @@ impl Layer {
     /// Reads like [`Layer::read`], but only when every byte is at hand
     /// (`None` otherwise): never waits on the network, so the FUSE edge can
     /// answer it on its own thread.
-    pub fn read_if_cached(&self, ino: u64, offset: u64, size: u32) -> Option<Result<Vec<u8>, ReadError>> {
+    pub fn read_if_cached(
+        &self,
+        ino: u64,
+        offset: u64,
+        size: u32,
+    ) -> Option<Result<Vec<u8>, ReadError>> {
         let node = self.index.node(ino)?;
         let end = node.size.min(offset.saturating_add(u64::from(size)));
         let chunks = self.index.chunks(node);
@@ -760,7 +765,10 @@ impl Layer {
                 Some(Ok(bytes)) => {
                     if let Err(e) = self.cache.put(&c.digest, &bytes) {
                         // Verified bytes are served anyway, from memory.
-                        let n = self.stats.cache_write_failures.fetch_add(1, Ordering::Relaxed);
+                        let n = self
+                            .stats
+                            .cache_write_failures
+                            .fetch_add(1, Ordering::Relaxed);
                         if n == 0 {
                             tracing::warn!(layer = %self.digest(), error = %e, "the chunk cache cannot store chunks; serving them from memory");
                         }

@@ -447,7 +447,11 @@ fn a_failed_fetch_is_remembered_so_retries_fail_at_once() {
         let e = l.read(i, 0, 10).unwrap_err();
         assert!(e.to_string().contains("moments ago"), "{e}");
     }
-    assert!(t.elapsed() < Duration::from_millis(250), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
     assert_eq!(src.requests.load(Ordering::SeqCst), before);
     // Recovery once the source answers again and the memory has passed.
     src.hang.store(false, Ordering::SeqCst);

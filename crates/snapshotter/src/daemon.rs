@@ -1,8 +1,8 @@
 //! Serving: claim the unix socket, run the gRPC server, stop on SIGTERM/SIGINT.
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -110,7 +110,10 @@ pub struct Listen {
 
 /// The inherited listening socket, when it is a listening unix socket bound
 /// at `address` and the file there is still a socket.
-fn reuse_listener(inherited: Inherited, address: &Path) -> Option<std::os::unix::net::UnixListener> {
+fn reuse_listener(
+    inherited: Inherited,
+    address: &Path,
+) -> Option<std::os::unix::net::UnixListener> {
     let Meta::Grpc { path } = &inherited.meta else {
         return None;
     };
@@ -131,7 +134,12 @@ fn listen(listen: &Listen) -> anyhow::Result<UnixListener> {
     if let Some(l) = listen
         .inherited
         .as_ref()
-        .and_then(|i| i.fd.try_clone().ok().map(|fd| Inherited { meta: i.meta.clone(), fd }))
+        .and_then(|i| {
+            i.fd.try_clone().ok().map(|fd| Inherited {
+                meta: i.meta.clone(),
+                fd,
+            })
+        })
         .and_then(|i| reuse_listener(i, address))
     {
         l.set_nonblocking(true)

@@ -275,7 +275,10 @@ fn start_handover(
     });
     match result {
         Ok((h, inherited)) => {
-            tracing::info!(inherited = inherited.len(), "fd holder ready: restarts keep mounts and the socket");
+            tracing::info!(
+                inherited = inherited.len(),
+                "fd holder ready: restarts keep mounts and the socket"
+            );
             Ok(Some((h, inherited)))
         }
         Err(e) => {

@@ -48,22 +48,19 @@ pub fn mounts_below(root: &Path) -> Vec<PathBuf> {
 /// under /sys/fs/fuse/connections) of the hologram mount (source
 /// `hologram:<layer>`) on top at `mountpoint` in `mountinfo` text.
 pub fn fuse_connection_in(mountinfo: &str, mountpoint: &Path) -> Option<u32> {
-    mountinfo
-        .lines()
-        .rev()
-        .find_map(|l| {
-            let fields: Vec<&str> = l.split(' ').collect();
-            let mp = PathBuf::from(unescape(fields.get(4)?));
-            let sep = fields.iter().position(|f| *f == "-")?;
-            let fstype = fields.get(sep + 1)?;
-            let source = fields.get(sep + 2)?;
-            let (_, minor) = fields.get(2)?.split_once(':')?;
-            let ours = (*fstype == "fuse" || *fstype == "fuse.hologram")
-                && source.starts_with("hologram:");
-            (mp == mountpoint && ours)
-                .then(|| minor.parse().ok())
-                .flatten()
-        })
+    mountinfo.lines().rev().find_map(|l| {
+        let fields: Vec<&str> = l.split(' ').collect();
+        let mp = PathBuf::from(unescape(fields.get(4)?));
+        let sep = fields.iter().position(|f| *f == "-")?;
+        let fstype = fields.get(sep + 1)?;
+        let source = fields.get(sep + 2)?;
+        let (_, minor) = fields.get(2)?.split_once(':')?;
+        let ours =
+            (*fstype == "fuse" || *fstype == "fuse.hologram") && source.starts_with("hologram:");
+        (mp == mountpoint && ours)
+            .then(|| minor.parse().ok())
+            .flatten()
+    })
 }
 
 /// [`fuse_connection_in`] for this process's mounts now.

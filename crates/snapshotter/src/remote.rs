@@ -17,8 +17,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -224,7 +224,10 @@ impl RemoteLayers {
             .unwrap_or_default();
         let Some(h) = self.handover() else { return };
         for (id, inh) in left {
-            tracing::info!(snapshot_id = id, "releasing a FUSE connection left for a snapshot that is gone");
+            tracing::info!(
+                snapshot_id = id,
+                "releasing a FUSE connection left for a snapshot that is gone"
+            );
             h.remove(Key::Fuse(id));
             drop(inh.fd);
             if let Meta::Fuse { mountpoint, .. } = &inh.meta {
@@ -641,7 +644,10 @@ impl RemoteLayers {
             alive
         });
         if keep {
-            tracing::info!(mounts = all.len(), "leaving the FUSE mounts to the fd holder for the next daemon");
+            tracing::info!(
+                mounts = all.len(),
+                "leaving the FUSE mounts to the fd holder for the next daemon"
+            );
             for m in all {
                 m.leave_mounted();
             }

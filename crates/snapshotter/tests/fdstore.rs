@@ -38,7 +38,13 @@ fn holder_pid(dir: &Path) -> Option<i32> {
 fn alive(pid: i32) -> bool {
     // A zombie (exited, not yet reaped by its parent, this test) counts as gone.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
         .unwrap_or(false)
 }
 
@@ -103,13 +109,27 @@ fn fds_outlive_the_daemon_and_the_holder() {
     assert_eq!(one.meta, fuse_meta(1));
     // As the daemon does with a connection it took over: hand it over again
     // (so a new holder gets it too).
-    second.put(Key::Fuse(1), one.meta.clone(), one.fd.as_fd()).unwrap();
+    second
+        .put(Key::Fuse(1), one.meta.clone(), one.fd.as_fd())
+        .unwrap();
     assert_eq!(contents(one.fd), "alpha");
-    assert_eq!(holder_pid(dir.path()), Some(pid), "the same holder served both");
+    assert_eq!(
+        holder_pid(dir.path()),
+        Some(pid),
+        "the same holder served both"
+    );
 
     // The holder dies: the daemon side starts another and hands over again.
     let c = file_with("gamma");
-    second.put(Key::Grpc, Meta::Grpc { path: "/x.sock".into() }, c.as_fd()).unwrap();
+    second
+        .put(
+            Key::Grpc,
+            Meta::Grpc {
+                path: "/x.sock".into(),
+            },
+            c.as_fd(),
+        )
+        .unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -154,7 +174,10 @@ fn a_holder_alone_for_its_grace_period_exits() {
     assert!(!cfg.socket.exists(), "socket removed");
     assert!(!cfg.pid_file.exists(), "pid file removed");
     let log = std::fs::read_to_string(&cfg.log).unwrap();
-    assert!(log.contains("no daemon came back within the grace period"), "{log}");
+    assert!(
+        log.contains("no daemon came back within the grace period"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -112,7 +112,13 @@ impl Handover {
         for e in entries {
             match self.request(&Request::Get { key: e.key }, None)? {
                 (Reply::Entry { entry }, Some(fd)) if entry.key == e.key => {
-                    out.insert(entry.key, Inherited { meta: entry.meta, fd });
+                    out.insert(
+                        entry.key,
+                        Inherited {
+                            meta: entry.meta,
+                            fd,
+                        },
+                    );
                 }
                 (other, _) => {
                     tracing::warn!(key = %e.key, reply = ?other, "holder did not hand an entry back");
@@ -148,7 +154,10 @@ impl Handover {
 
     /// Whether the holder answers now (checked before leaving mounts to it).
     pub fn holder_alive(&self) -> bool {
-        matches!(self.request(&Request::List, None), Ok((Reply::Entries { .. }, _)))
+        matches!(
+            self.request(&Request::List, None),
+            Ok((Reply::Entries { .. }, _))
+        )
     }
 
     /// Stops watching the holder and closes the connections to it, as the
@@ -231,7 +240,8 @@ fn connect_or_start(cfg: &HandoverConfig) -> anyhow::Result<OwnedFd> {
 fn connect(path: &Path) -> anyhow::Result<OwnedFd> {
     let c = seqpacket()?;
     let addr = rustix::net::SocketAddrUnix::new(path)?;
-    rustix::net::connect(&c, &addr).with_context(|| format!("cannot connect to {}", path.display()))?;
+    rustix::net::connect(&c, &addr)
+        .with_context(|| format!("cannot connect to {}", path.display()))?;
     match exchange(c.as_fd(), &Request::Hello { protocol: PROTOCOL }, None)? {
         (Reply::Hello { protocol, pid }, _) if protocol == PROTOCOL => {
             tracing::debug!(pid, "connected to the fd holder");
@@ -315,7 +325,10 @@ fn watch(handover: &std::sync::Weak<Handover>) {
         }
         // Block until the holder goes away (we never send on this one again).
         let gone = recv::<Reply>(conn.as_fd());
-        if handover.upgrade().is_none_or(|h| h.closing.load(Ordering::Relaxed)) {
+        if handover
+            .upgrade()
+            .is_none_or(|h| h.closing.load(Ordering::Relaxed))
+        {
             return;
         }
         tracing::warn!(result = ?gone.map(|r| r.is_some()), "the fd holder went away; starting a new one");

@@ -108,7 +108,10 @@ pub fn run(opts: &HolderOptions) -> anyhow::Result<()> {
         );
     }
     for (key, (meta, fd)) in kept {
-        if let Meta::Fuse { conn, mountpoint, .. } = &meta {
+        if let Meta::Fuse {
+            conn, mountpoint, ..
+        } = &meta
+        {
             abort_connection(*conn, mountpoint);
         }
         tracing::info!(%key, "closed");
@@ -226,7 +229,13 @@ fn serve(conn: &OwnedFd, shared: &Shared) -> io::Result<()> {
         }
         other => {
             let message = format!("expected hello with protocol {PROTOCOL}, got {other:?}");
-            send(fd, &Reply::Error { message: message.clone() }, None)?;
+            send(
+                fd,
+                &Reply::Error {
+                    message: message.clone(),
+                },
+                None,
+            )?;
             return Err(io::Error::new(io::ErrorKind::InvalidData, message));
         }
     }
@@ -267,7 +276,13 @@ fn serve(conn: &OwnedFd, shared: &Shared) -> io::Result<()> {
                     .map(|(m, f)| (m.clone(), f.try_clone()));
                 match found {
                     Some((meta, Ok(dup))) => {
-                        send(fd, &Reply::Entry { entry: Entry { key, meta } }, Some(dup.as_fd()))?;
+                        send(
+                            fd,
+                            &Reply::Entry {
+                                entry: Entry { key, meta },
+                            },
+                            Some(dup.as_fd()),
+                        )?;
                         continue;
                     }
                     Some((_, Err(e))) => Reply::Error {

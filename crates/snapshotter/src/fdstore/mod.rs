@@ -119,12 +119,21 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Reply {
-    Hello { protocol: u32, pid: u32 },
+    Hello {
+        protocol: u32,
+        pid: u32,
+    },
     Ok,
-    Entries { entries: Vec<Entry> },
+    Entries {
+        entries: Vec<Entry>,
+    },
     /// With the fd attached.
-    Entry { entry: Entry },
-    Error { message: String },
+    Entry {
+        entry: Entry,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// Sends `msg` as one packet, with `fd` attached.
@@ -146,7 +155,9 @@ pub(crate) fn send<T: Serialize>(
     if let Some(fd) = fd {
         fds = [fd];
         if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
-            return Err(io::Error::other("no room for the fd in the control message"));
+            return Err(io::Error::other(
+                "no room for the fd in the control message",
+            ));
         }
     }
     let sent = rustix::net::sendmsg(
@@ -227,7 +238,15 @@ mod tests {
     fn keys_parse_strictly() {
         assert_eq!(Key::try_from("grpc".to_owned()), Ok(Key::Grpc));
         assert_eq!(Key::try_from("fuse/42".to_owned()), Ok(Key::Fuse(42)));
-        for bad in ["fuse/", "fuse/-1", "fuse/1/2", "fuse/../x", "Grpc", "fuse/+3", ""] {
+        for bad in [
+            "fuse/",
+            "fuse/-1",
+            "fuse/1/2",
+            "fuse/../x",
+            "Grpc",
+            "fuse/+3",
+            "",
+        ] {
             assert!(Key::try_from(bad.to_owned()).is_err(), "{bad}");
         }
         assert_eq!(String::from(Key::Fuse(7)), "fuse/7");
@@ -253,7 +272,14 @@ mod tests {
                 passthrough: true,
             },
         };
-        send(a.as_fd(), &Request::Put { entry: entry.clone() }, Some(f.as_fd())).unwrap();
+        send(
+            a.as_fd(),
+            &Request::Put {
+                entry: entry.clone(),
+            },
+            Some(f.as_fd()),
+        )
+        .unwrap();
         let (msg, fd) = recv::<Request>(b.as_fd()).unwrap().unwrap();
         assert_eq!(msg, Request::Put { entry });
         let mut got = std::fs::File::from(fd.unwrap());
