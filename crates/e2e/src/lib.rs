@@ -18,6 +18,7 @@
 pub mod containerd;
 pub mod env;
 pub mod equivalence;
+pub mod faulty;
 pub mod image;
 pub mod lazy;
 pub mod mounts;

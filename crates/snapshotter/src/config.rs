@@ -155,6 +155,9 @@ pub struct RemoteSection {
     /// instead of each waiting `fetch_timeout_secs` again (0 = retry every
     /// time).
     pub failure_memory_ms: u64,
+    /// A read that must fetch also fetches the adjacent chunks after it, up
+    /// to this many KiB, in the same request (0: only what is read).
+    pub readaround_kib: u64,
     /// Fetch files before the eStargz prefetch landmark at mount
     /// (`HOLOGRAM_PREFETCH=0` turns it off).
     pub prefetch: bool,
@@ -189,6 +192,7 @@ impl Default for RemoteSection {
             fetch_timeout_secs: 30,
             request_timeout_secs: 10,
             failure_memory_ms: 2000,
+            readaround_kib: 512,
             prefetch: true,
             background_fetch: true,
             background_fetch_mib_per_sec: 32,

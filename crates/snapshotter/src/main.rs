@@ -337,6 +337,7 @@ fn remote_config(r: &RemoteSection) -> RemoteConfig {
             background_fetch: r.background_fetch,
             background_rate: r.background_fetch_mib_per_sec.saturating_mul(mib),
             failure_memory: Duration::from_millis(r.failure_memory_ms),
+            readaround: r.readaround_kib.saturating_mul(1024),
             ..LayerConfig::default()
         },
         cache_limit: r.cache_size_mib.saturating_mul(mib),
