@@ -514,6 +514,14 @@ pub fn render(e: &Exposition, url: &str, now: f64) -> String {
         count(hits + misses),
         percent(hits, hits + misses)
     );
+    let unstored = e.sum("hologram_cache_write_failures", &[]);
+    if unstored > 0.0 {
+        let _ = writeln!(
+            o,
+            "  NOT STORED             {} verified chunks (cache disk full or failing; served from memory)",
+            count(unstored)
+        );
+    }
 
     let _ = writeln!(o, "\nIntegrity");
     let _ = writeln!(
@@ -639,6 +647,7 @@ mod tests {
             s.cache_limit_bytes = 2 << 30;
             s.bytes_served = 8 << 20;
             s.background_pending_chunks = 7;
+            s.cache_write_failures = 3;
         }));
         m
     }
@@ -743,6 +752,10 @@ mod tests {
         );
         assert!(out.contains("fetch errors           1"), "{out}");
         assert!(out.contains("7 chunks pending"), "{out}");
+        assert!(
+            out.contains("NOT STORED             3 verified chunks"),
+            "{out}"
+        );
         let prepare = out
             .lines()
             .find(|l| l.trim_start().starts_with("prepare"))

@@ -344,6 +344,9 @@ pub struct LazyOptions {
     pub metrics_address: Option<String>,
     /// Extra environment of the daemon.
     pub env: Vec<(String, String)>,
+    /// Put the chunk cache on a tmpfs of this size (`mount -o size=`), to
+    /// run out of cache space (unmounted with the daemon's root).
+    pub cache_tmpfs: Option<String>,
 }
 
 impl Default for LazyOptions {
@@ -352,6 +355,7 @@ impl Default for LazyOptions {
             config: LAZY_CONFIG.to_owned(),
             metrics_address: None,
             env: Vec::new(),
+            cache_tmpfs: None,
         }
     }
 }
@@ -393,6 +397,29 @@ impl LazyEnv {
         }
         for (k, v) in &opts.env {
             snapshotter.set_env(k, v);
+        }
+        if let Some(size) = &opts.cache_tmpfs {
+            let chunks = root.join("cache/chunks");
+            std::fs::create_dir_all(&chunks)
+                .with_context(|| format!("creating {}", chunks.display()))?;
+            let out = std::process::Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size}"),
+                    "hologram-e2e-cache",
+                ])
+                .arg(&chunks)
+                .output()
+                .context("mount -t tmpfs")?;
+            if !out.status.success() {
+                bail!(
+                    "mounting a tmpfs at {}: {}",
+                    chunks.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
         }
         snapshotter.start_again()?;
         let mut containerd = Containerd::start(&socket)?;
