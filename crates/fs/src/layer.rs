@@ -31,6 +31,7 @@ use hologram_oci::Digest;
 use hologram_source::BlobSource;
 
 use crate::cache::ChunkCache;
+use crate::demand::DemandGate;
 use crate::observer::Observer;
 
 /// Tunables of the read path.
@@ -60,6 +61,12 @@ pub struct LayerConfig {
     /// each open inode's I/O mode (cached or passthrough) and a successor
     /// that does not know it would fail opens with EIO.
     pub passthrough: bool,
+    /// Background fetch starts (and resumes) only once on-demand fetches
+    /// have been quiet this long ([`crate::demand::DemandGate`]).
+    pub background_quiet: Duration,
+    /// Longest a prefetch or background request waits for its turn (the
+    /// whole-layer check must not starve under endless reads).
+    pub yield_max: Duration,
 }
 
 impl Default for LayerConfig {
@@ -73,6 +80,8 @@ impl Default for LayerConfig {
             background_rate: 32 * 1024 * 1024,
             failure_memory: Duration::from_secs(2),
             passthrough: true,
+            background_quiet: Duration::from_millis(500),
+            yield_max: Duration::from_secs(10),
         }
     }
 }
@@ -243,6 +252,8 @@ pub struct Layer {
     /// Chunks whose fetch failed just now: (when, why).
     failures: Mutex<HashMap<(u64, u64), (Instant, String)>>,
     spill: Mutex<Spill>,
+    /// On-demand activity of every layer on the link.
+    gate: Arc<DemandGate>,
 }
 
 /// Progress of the sequential pass over the blob.
@@ -297,7 +308,16 @@ impl Layer {
             pass: Mutex::new(Pass::new()),
             failures: Mutex::new(HashMap::new()),
             spill: Mutex::new(Spill::default()),
+            gate: Arc::new(DemandGate::default()),
         }
+    }
+
+    /// Shares `gate` (one per daemon: the layers share the link), so that
+    /// this layer's prefetch and background fetch yield to every layer's
+    /// on-demand reads.
+    pub fn with_demand_gate(mut self, gate: Arc<DemandGate>) -> Layer {
+        self.gate = gate;
+        self
     }
 
     /// The digests the layer's bytes must have; `hook` hears the verdict.
@@ -674,6 +694,7 @@ impl Layer {
     /// for it. Exactly `range.len()` bytes or the reason why not.
     fn fetch_range(&self, range: Range<u64>, purpose: Purpose) -> Result<bytes::Bytes, String> {
         let len = range.end - range.start;
+        let _demand = (purpose == Purpose::Read).then(|| self.gate.demand());
         let t = Instant::now();
         let res = self.rt.block_on(async {
             tokio::time::timeout(
@@ -936,6 +957,20 @@ impl Layer {
             }
             if self.rejected().is_some() {
                 return Ok(());
+            }
+            // On-demand reads first: prefetch waits while one is in flight,
+            // background fetch until they have been quiet a while. A check
+            // someone waits for (a deadline) goes at once.
+            let quiet = match purpose {
+                Purpose::Prefetch => Some(Duration::ZERO),
+                Purpose::Background if deadline.is_none() => Some(self.cfg.background_quiet),
+                _ => None,
+            };
+            if let Some(quiet) = quiet {
+                let closed = || self.closed.load(Ordering::Relaxed);
+                if !self.gate.wait_for_turn(quiet, self.cfg.yield_max, closed) {
+                    return Err("layer closed".into());
+                }
             }
             let window = self.next_window(pass.pos, until);
             let positions = self.chunks_within(&window);

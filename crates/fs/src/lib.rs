@@ -3,6 +3,8 @@
 //! * [`layer`] — the read path: chunks, single-flight fetches, verification,
 //!   prefetch and background fetch;
 //! * [`cache`] — the on-disk chunk cache shared by all layers;
+//! * [`demand`] — on-demand reads first: prefetch and background fetch
+//!   yield to them;
 //! * [`fuse`] — the FUSE edge (`LayerFs`; read(2) lands in `LayerFs::read`)
 //!   and `mount`.
 //!
@@ -11,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod demand;
 pub mod fuse;
 pub mod layer;
 pub mod observer;

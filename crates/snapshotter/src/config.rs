@@ -164,6 +164,9 @@ pub struct RemoteSection {
     /// Fetch the rest of each layer in the background
     /// (`HOLOGRAM_BACKGROUND_FETCH=0` turns it off).
     pub background_fetch: bool,
+    /// Background fetch starts, and resumes, only after on-demand reads
+    /// have been quiet this long, ms (on-demand reads first).
+    pub background_quiet_ms: u64,
     /// Background fetch rate limit per layer, MiB/s (0 = unlimited).
     pub background_fetch_mib_per_sec: u64,
     /// On-disk chunk cache size limit, MiB.
@@ -196,6 +199,7 @@ impl Default for RemoteSection {
             prefetch: true,
             background_fetch: true,
             background_fetch_mib_per_sec: 32,
+            background_quiet_ms: 500,
             cache_size_mib: 10 * 1024,
             fuse_threads: 4,
             hosts_dir: Some(PathBuf::from(hologram_remote::DEFAULT_HOSTS_DIR)),

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use hologram_estargz::IndexLimits;
 use hologram_fs::cache::ChunkCache;
+use hologram_fs::demand::DemandGate;
 use hologram_fs::fuse::MountedLayer;
 use hologram_fs::layer::{Layer, LayerConfig, LayerDigests, Verdict, VerdictHook};
 use hologram_fs::observer::Observer;
@@ -153,6 +154,9 @@ pub struct RemoteLayers {
     /// FUSE connections an earlier daemon left, by snapshot id, until
     /// [`RemoteLayers::restore`] takes them over.
     inherited: Mutex<HashMap<u64, Inherited>>,
+    /// On-demand reads of every layer: prefetch and background fetch of
+    /// all layers yield to them (they share the link).
+    demand: Arc<DemandGate>,
 }
 
 impl std::fmt::Debug for RemoteLayers {
@@ -194,6 +198,7 @@ impl RemoteLayers {
             metrics,
             handover: Mutex::new(None),
             inherited: Mutex::new(HashMap::new()),
+            demand: Arc::new(DemandGate::default()),
         })
     }
 
@@ -353,7 +358,8 @@ impl RemoteLayers {
             self.rt.clone(),
             self.cfg.layer.clone(),
             Arc::clone(&self.observer),
-        );
+        )
+        .with_demand_gate(Arc::clone(&self.demand));
         if served.state == CheckState::Verified {
             // Checked before a restart: nothing to compare again.
         } else {
