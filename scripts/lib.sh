@@ -89,6 +89,15 @@ stack_stop() {
     wait "$pid" 2>/dev/null || true
   done
   PIDS=()
+  # The daemon's fd holder (it keeps mounts across daemon restarts; here the
+  # stack goes away for good): started by the daemon, stopped here by pid.
+  if [ -n "${WORK:-}" ] && [ -f "$WORK/hologram/fdstore.pid" ]; then
+    pid="$(cat "$WORK/hologram/fdstore.pid")"
+    if grep -q hologram-fdstore "/proc/$pid/cmdline" 2>/dev/null; then
+      kill -KILL "$pid" 2>/dev/null || true
+      for _ in $(seq 100); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
+    fi
+  fi
   if [ -n "${WORK:-}" ] && [ -d "$WORK" ]; then
     awk -v w="$WORK/" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
       umount -l "$m" 2>/dev/null || true

@@ -22,6 +22,10 @@ use crate::progress::Progress;
 
 const PIECE: u64 = 4 * 1024 * 1024;
 
+/// Files a container runtime reads in the image before the workload runs:
+/// first in every recorded profile.
+const RUNTIME_READS: &[&str] = &["etc/passwd", "etc/group"];
+
 /// Options of `hologram convert`.
 #[derive(Debug, Clone)]
 pub struct ConvertArgs {
@@ -31,6 +35,11 @@ pub struct ConvertArgs {
     pub chunk_size: usize,
     /// Files to put before the prefetch landmark (fetched at mount).
     pub prefetch: Vec<String>,
+    /// Record a profile first (`--record`): `Some("")` runs the image's
+    /// own Entrypoint + Cmd, `Some(cmd)` runs `/bin/sh -c cmd`.
+    pub record: Option<String>,
+    /// Bound on the recorded workload.
+    pub record_timeout: std::time::Duration,
 }
 
 /// Runs the conversion; returns the pushed manifest's digest.
@@ -42,18 +51,75 @@ pub async fn run(args: &ConvertArgs) -> anyhow::Result<Digest> {
     let dst = Reference::parse(&args.target)
         .with_context(|| format!("invalid reference {:?}", args.target))?;
     let image = crate::pull::resolve(&client, &src).await?;
-    let bar = Progress::layers(image.doc.layers.len());
-    let mut converted = Vec::new();
-    for (i, layer) in image.doc.layers.iter().enumerate() {
-        let c = convert_layer(&client, &src, &dst, layer, args, &bar).await?;
+    let n = image.doc.layers.len();
+    let bar = Progress::layers(n);
+    let mut raws = Vec::with_capacity(n);
+    for layer in &image.doc.layers {
+        raws.push(download_layer(&client, &src, layer, &bar).await?);
+    }
+    let mut prioritized = vec![args.prefetch.clone(); n];
+    if let Some(command) = &args.record {
+        // A first conversion (no profile), mounted and run to learn the order.
+        let dir = tempfile::tempdir().context("temporary directory")?;
+        let mut blobs = Vec::with_capacity(n);
+        let mut first = Vec::with_capacity(n);
+        for (i, (raw, layer)) in raws.iter_mut().zip(&image.doc.layers).enumerate() {
+            bar.step(format!(
+                "converting layer {} for the recording",
+                layer.digest
+            ));
+            let path = dir.path().join(format!("layer{i}"));
+            let mut out = std::fs::File::create(&path)?;
+            first.push(convert_file(
+                raw,
+                layer,
+                &mut out,
+                args.chunk_size,
+                &args.prefetch,
+            )?);
+            blobs.push(path);
+        }
+        let workload = crate::record::Workload::from_config(&image.config, Some(command.as_str()))?;
+        let rt = tokio::runtime::Handle::current();
+        let timeout = args.record_timeout;
+        let profile = tokio::task::spawn_blocking(move || {
+            crate::record::record(&blobs, &first, &workload, timeout, &rt)
+        })
+        .await
+        .context("the recording panicked")??;
+        for (p, rec) in prioritized.iter_mut().zip(profile) {
+            // What the container runtime reads before the workload starts
+            // (containerd resolves the user in /etc/passwd and /etc/group),
+            // then what the workload opened. Files not in a layer are skipped.
+            for f in RUNTIME_READS.iter().map(|f| (*f).to_owned()).chain(rec) {
+                if !p.contains(&f) {
+                    p.push(f);
+                }
+            }
+        }
+    }
+    let mut converted = Vec::with_capacity(n);
+    for (i, (raw, layer)) in raws.iter_mut().zip(&image.doc.layers).enumerate() {
+        bar.step(format!("converting layer {}", layer.digest));
+        let mut out = tempfile::tempfile().context("temporary file")?;
+        let c = convert_file(raw, layer, &mut out, args.chunk_size, &prioritized[i])?;
+        push_layer(&client, &dst, &mut out, &c, &bar).await?;
         bar.layer_done(format!(
-            "layer {}/{} {} -> {} ({} bytes, TOC {})",
+            "layer {}/{} {} -> {} ({} bytes, TOC {}{})",
             i + 1,
-            image.doc.layers.len(),
+            n,
             layer.digest,
             c.digest,
             c.size,
-            c.toc_digest
+            c.toc_digest,
+            if prioritized[i].is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", {} files before the prefetch landmark",
+                    prioritized[i].len()
+                )
+            }
         ));
         converted.push(c);
     }
@@ -61,16 +127,13 @@ pub async fn run(args: &ConvertArgs) -> anyhow::Result<Digest> {
     push_image(&client, &dst, &image.doc, &image.config, &converted).await
 }
 
-/// Downloads one layer (checked against its digest), converts it and
-/// pushes the eStargz blob.
-async fn convert_layer(
+/// Downloads one layer to a temporary file, checked against its digest.
+async fn download_layer(
     client: &RegistryClient,
     src: &Reference,
-    dst: &Reference,
     layer: &Descriptor,
-    args: &ConvertArgs,
     bar: &Progress,
-) -> anyhow::Result<Converted> {
+) -> anyhow::Result<std::fs::File> {
     let digest = layer.digest;
     let mut raw = tempfile::tempfile().context("temporary file")?;
     let mut hasher = Digest::hasher();
@@ -90,29 +153,48 @@ async fn convert_layer(
     if got != digest {
         bail!("layer {digest} downloaded with digest {got}");
     }
+    Ok(raw)
+}
+
+/// Converts the downloaded layer `raw` (gzip or plain tar, by media type)
+/// into eStargz in `out`, `prioritized` files first.
+fn convert_file(
+    raw: &mut std::fs::File,
+    layer: &Descriptor,
+    out: &mut std::fs::File,
+    chunk_size: usize,
+    prioritized: &[String],
+) -> anyhow::Result<Converted> {
+    let digest = layer.digest;
     raw.seek(SeekFrom::Start(0))?;
     let media = layer.media_type.as_str();
-    let input: Box<dyn Read> = if media.ends_with("+zstd") || media.ends_with(".zstd") {
+    let reader = BufReader::new(&*raw);
+    let input: Box<dyn Read + '_> = if media.ends_with("+zstd") || media.ends_with(".zstd") {
         bail!("layer {digest} is zstd-compressed ({media}); only gzip and plain tar layers can be converted");
     } else if media.ends_with("tar") || media.ends_with(".tar") {
-        Box::new(BufReader::new(raw))
+        Box::new(reader)
     } else {
-        Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(raw)))
+        Box::new(flate2::read::MultiGzDecoder::new(reader))
     };
-    bar.step(format!("converting layer {digest}"));
-    let mut out = tempfile::tempfile().context("temporary file")?;
     let opts = ConvertOptions {
-        chunk_size: args.chunk_size,
-        prioritized_files: args.prefetch.clone(),
+        chunk_size,
+        prioritized_files: prioritized.to_vec(),
         ..ConvertOptions::default()
     };
-    let converted = {
-        let mut w = BufWriter::new(&mut out);
-        let c =
-            convert(input, &mut w, &opts).with_context(|| format!("converting layer {digest}"))?;
-        w.flush()?;
-        c
-    };
+    let mut w = BufWriter::new(out);
+    let c = convert(input, &mut w, &opts).with_context(|| format!("converting layer {digest}"))?;
+    w.flush()?;
+    Ok(c)
+}
+
+/// Pushes a converted blob (`out`, written by [`convert_file`]).
+async fn push_layer(
+    client: &RegistryClient,
+    dst: &Reference,
+    out: &mut std::fs::File,
+    converted: &Converted,
+    bar: &Progress,
+) -> anyhow::Result<()> {
     out.seek(SeekFrom::Start(0))?;
     let mut blob = Vec::with_capacity(usize::try_from(converted.size).unwrap_or(0));
     out.read_to_end(&mut blob)?;
@@ -120,8 +202,7 @@ async fn convert_layer(
     client
         .push_blob(dst, &converted.digest, bytes::Bytes::from(blob))
         .await
-        .with_context(|| format!("pushing layer {}", converted.digest))?;
-    Ok(converted)
+        .with_context(|| format!("pushing layer {}", converted.digest))
 }
 
 /// Pushes the new config (diff IDs of the converted layers; everything else

@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 mod convert;
 mod progress;
 mod pull;
+mod record;
 mod status;
 mod uor;
 mod witness;
@@ -112,6 +113,15 @@ enum Command {
         /// Files (paths in the image) to fetch first, at mount; repeatable
         #[arg(long = "prefetch")]
         prefetch: Vec<String>,
+        /// Record a prefetch profile first (needs root): run COMMAND (with
+        /// /bin/sh -c; empty: the image's own Entrypoint and Cmd) once on the
+        /// converted image through hologram's FUSE filesystem, and put the
+        /// files it opens, in that order, before the prefetch landmark
+        #[arg(long, value_name = "COMMAND", num_args = 0..=1, default_missing_value = "")]
+        record: Option<String>,
+        /// Seconds the recorded workload may run before it is stopped
+        #[arg(long, default_value_t = 300)]
+        record_timeout: u64,
         /// Source image
         source: String,
         /// Target image
@@ -200,6 +210,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             registry,
             chunk_size,
             prefetch,
+            record,
+            record_timeout,
             source,
             target,
         } => {
@@ -209,6 +221,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 registry: registry.config(),
                 chunk_size,
                 prefetch,
+                record,
+                record_timeout: std::time::Duration::from_secs(record_timeout),
             };
             let digest = runtime()?.block_on(convert::run(&args))?;
             println!("{target}@{digest}");

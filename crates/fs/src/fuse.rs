@@ -235,7 +235,10 @@ impl Filesystem for LayerFs {
         match node {
             Ok(n) if n.kind == NodeKind::Dir => reply.error(Errno::EISDIR),
             Ok(_) if flags.acc_mode() != OpenAccMode::O_RDONLY => reply.error(Errno::EROFS),
-            Ok(n) => self.open_file(n, reply),
+            Ok(n) => {
+                self.layer.record_open(n.ino);
+                self.open_file(n, reply)
+            }
             Err(e) => reply.error(e),
         }
     }

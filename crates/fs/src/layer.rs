@@ -254,7 +254,20 @@ pub struct Layer {
     spill: Mutex<Spill>,
     /// On-demand activity of every layer on the link.
     gate: Arc<DemandGate>,
+    /// Files in the order they were first opened, when recording a
+    /// profile ([`Layer::with_access_log`]).
+    access: Option<Mutex<AccessLog>>,
 }
+
+/// First opens, in order (bounded).
+#[derive(Debug, Default)]
+struct AccessLog {
+    seen: std::collections::HashSet<u64>,
+    order: Vec<u64>,
+}
+
+/// Most files an access log keeps.
+const ACCESS_LOG_MAX: usize = 1 << 20;
 
 /// Progress of the sequential pass over the blob.
 struct Pass {
@@ -309,7 +322,38 @@ impl Layer {
             failures: Mutex::new(HashMap::new()),
             spill: Mutex::new(Spill::default()),
             gate: Arc::new(DemandGate::default()),
+            access: None,
         }
+    }
+
+    /// Records the order in which files are first opened (a profile for
+    /// `hologram convert --record`).
+    pub fn with_access_log(mut self) -> Layer {
+        self.access = Some(Mutex::new(AccessLog::default()));
+        self
+    }
+
+    /// Notes that regular file `ino` was opened (first opens only count).
+    pub fn record_open(&self, ino: u64) {
+        let Some(log) = &self.access else { return };
+        if let Ok(mut l) = log.lock() {
+            if l.order.len() < ACCESS_LOG_MAX && l.seen.insert(ino) {
+                l.order.push(ino);
+            }
+        }
+    }
+
+    /// Paths (from the layer root) of the files opened so far, in the order
+    /// of their first open; empty without an access log.
+    pub fn opened_in_order(&self) -> Vec<std::path::PathBuf> {
+        let Some(log) = &self.access else {
+            return Vec::new();
+        };
+        let order = log.lock().map(|l| l.order.clone()).unwrap_or_default();
+        order
+            .into_iter()
+            .filter_map(|ino| self.index.path_of(ino))
+            .collect()
     }
 
     /// Shares `gate` (one per daemon: the layers share the link), so that

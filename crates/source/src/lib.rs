@@ -20,14 +20,17 @@ pub enum SourceKind {
     Registry,
     /// The Hologram CTP-96 transport (batched, framed range reads).
     Ctp96,
+    /// A file on this machine ([`FileBlob`]).
+    Local,
 }
 
 impl SourceKind {
-    /// `"registry"`, `"ctp96"`.
+    /// `"registry"`, `"ctp96"`, `"local"`.
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Registry => "registry",
             SourceKind::Ctp96 => "ctp96",
+            SourceKind::Local => "local",
         }
     }
 }
@@ -95,5 +98,49 @@ pub fn check_range(digest: &Digest, size: u64, offset: u64, len: u64) -> Result<
         _ => Err(SourceError::OutOfRange(format!(
             "read of {len} bytes at {offset} past the end of {digest} ({size} bytes)"
         ))),
+    }
+}
+
+/// A blob in a local file (a layer converted on this machine, a test
+/// fixture): the same interface as a remote source.
+#[derive(Debug)]
+pub struct FileBlob {
+    file: std::fs::File,
+    digest: Digest,
+    size: u64,
+}
+
+impl FileBlob {
+    /// Opens `path`, which must hold the blob of digest `digest` (not
+    /// checked here: the reader checks every chunk, and a whole-layer check
+    /// compares the digest).
+    pub fn open(path: &std::path::Path, digest: Digest) -> std::io::Result<FileBlob> {
+        let file = std::fs::File::open(path)?;
+        let size = file.metadata()?.len();
+        Ok(FileBlob { file, digest, size })
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobSource for FileBlob {
+    fn digest(&self) -> &Digest {
+        &self.digest
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn kind(&self) -> SourceKind {
+        SourceKind::Local
+    }
+    async fn read_at(&self, offset: u64, len: u64) -> Result<Bytes, SourceError> {
+        use std::os::unix::fs::FileExt as _;
+        check_range(&self.digest, self.size, offset, len)?;
+        let n =
+            usize::try_from(len).map_err(|_| SourceError::OutOfRange(format!("{len} bytes")))?;
+        let mut buf = vec![0u8; n];
+        self.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| SourceError::Other(format!("reading {}: {e}", self.digest)))?;
+        Ok(Bytes::from(buf))
     }
 }

@@ -353,6 +353,27 @@ impl Index {
             .map(|d| u64::from(d.ino))
     }
 
+    /// One path of inode `ino` from the layer root ("usr/lib/x"; the root
+    /// itself is ""). A hardlinked file has several; this is one of them.
+    /// Walks up the parents, scanning each directory for the name (meant
+    /// for reports, not for the read path).
+    pub fn path_of(&self, ino: u64) -> Option<std::path::PathBuf> {
+        let mut names: Vec<&OsStr> = Vec::new();
+        let mut cur = ino;
+        // A tree of len() nodes is at most len() deep.
+        for _ in 0..=self.len() {
+            let node = self.node(cur)?;
+            if node.parent == cur || cur == Self::ROOT {
+                names.reverse();
+                return Some(names.iter().collect());
+            }
+            let (name, _) = self.children(node.parent).find(|(_, i)| *i == cur)?;
+            names.push(name);
+            cur = node.parent;
+        }
+        None
+    }
+
     /// Entries of directory `dir`, sorted by name (byte order); empty for
     /// anything that is not a directory.
     pub fn children(&self, dir: u64) -> Children<'_> {

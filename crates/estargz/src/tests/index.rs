@@ -573,6 +573,13 @@ fn root_entry_and_metadata() {
     assert!(idx.node(0).is_none() && idx.node(999).is_none());
     assert!(idx.lookup(0, OsStr::new("bin")).is_none());
     assert!(!idx.is_empty());
+    // Paths back from inodes.
+    for p in ["dev/sda", "p", "tmp"] {
+        let ino = path(&idx, p).unwrap();
+        assert_eq!(idx.path_of(ino), Some(std::path::PathBuf::from(p)), "{p}");
+    }
+    assert_eq!(idx.path_of(Index::ROOT), Some(std::path::PathBuf::new()));
+    assert_eq!(idx.path_of(999), None);
 }
 
 #[test]
