@@ -10,7 +10,7 @@ APT_PKGS := containerd runc fuse3 docker-registry skopeo umoci busybox-static ip
 # it comes from rustup; this is the oldest the workspace builds with.
 RUST_MIN := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 
-.PHONY: all build build-all install check-toolchain dev-setup check-fresh soak fuzz fuzz-smoke test test-unit test-integration test-coverage fmt lint vet security demo bench clean
+.PHONY: all build build-all install check-toolchain dev-setup check-fresh soak fuzz fuzz-smoke test test-unit test-integration test-coverage fmt lint vet security demo bench bench-setup bench-lazy bench-quick clean
 
 all: build
 
@@ -142,11 +142,31 @@ demo: dev-setup build
 ## bench: hologram vs containerd's overlayfs, each measured in the same run:
 ## Prepare+Commit latency; cold start + bytes fetched (python image);
 ## FUSE read throughput with metrics on and off
-bench: dev-setup build
+## bench: everything `make bench-lazy` does, plus Prepare+Commit latency,
+## the loopback cold start and the FUSE read path (see docs/BENCHMARKS.md)
+BENCH_PKGS := golang-go python3-pip fonts-dejavu-core iproute2
+bench-setup: dev-setup
+	@missing=$$(for p in $(BENCH_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+bench: bench-setup build
 	cargo build --release --locked -p hologram-bench
 	scripts/bench-snapshots.sh
 	scripts/bench-coldstart.sh
 	scripts/bench-read.sh
+	scripts/bench_lazy.py $(BENCH_ARGS)
+
+## bench-lazy: cold start / warm re-run of python, big and gcc over a shaped
+## link (tbf 200 Mbit/s + 10 ms delay line), overlayfs vs hologram (background
+## fetch on/off, recorded profile); tables and PNG charts into docs/bench/
+bench-lazy: bench-setup build
+	cargo build --release --locked -p hologram-bench
+	scripts/bench_lazy.py $(BENCH_ARGS)
+
+## bench-quick: the python workload once, overlayfs vs hologram (< 15 min)
+bench-quick: bench-setup build
+	cargo build --release --locked -p hologram-bench
+	scripts/bench_lazy.py --quick
 
 clean:
 	$(CARGO) clean

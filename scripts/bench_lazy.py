@@ -340,11 +340,11 @@ def main():
         f.write(f"{doc['date']}, {machine}; link: {doc['link']}; `{doc['command']}`; "
                 f"median of {a.runs}\n\n{md}\n")
     print(md)
-    plot = os.path.join(BIN, "bench-plot")
+    plot = os.path.join(TOP, "target", "release", "bench-plot")
     if os.path.exists(plot):
         run([plot, os.path.join(a.out, "results.json"), a.out])
     else:
-        log(f"no {plot}: charts skipped (make build)")
+        log(f"no {plot}: charts skipped (cargo build --release -p hologram-bench)")
 
 
 if __name__ == "__main__":
