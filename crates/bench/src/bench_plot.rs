@@ -35,7 +35,13 @@ struct Sample {
 }
 
 /// (median, min, max)
-fn stats(mut xs: Vec<f64>) -> Option<(f64, f64, f64)> {
+type Stats = (f64, f64, f64);
+
+/// The statistics of one (workload, mode) cell, if it has samples.
+type Cell<'a> = &'a dyn Fn(&str, &str) -> Option<Stats>;
+
+/// (median, min, max)
+fn stats(mut xs: Vec<f64>) -> Option<Stats> {
     if xs.is_empty() {
         return None;
     }
@@ -64,7 +70,7 @@ fn chart(
     unit: &str,
     workloads: &[String],
     modes: &[String],
-    value: &dyn Fn(&str, &str) -> Option<(f64, f64, f64)>,
+    value: Cell<'_>,
 ) -> anyhow::Result<()> {
     let root = BitMapBackend::new(path, (1300, 600)).into_drawing_area();
     root.fill(&WHITE)?;
