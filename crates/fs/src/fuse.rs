@@ -4,8 +4,11 @@
 //! **read(2) on a lazily pulled file lands in [`LayerFs::read`].**
 //!
 //! The tree is immutable, so the kernel may cache everything: entries and
-//! attributes get long TTLs and files are opened with `FOPEN_KEEP_CACHE`,
-//! which keeps their pages across opens (a second read never reaches us).
+//! attributes get long TTLs, and opens are zero-message (the first OPEN and
+//! OPENDIR are answered ENOSYS: the kernel then opens files and directories
+//! itself, keeping their pages and listings cached across opens), so a warm
+//! open or read never reaches us. With passthrough (handover off) files are
+//! opened through us instead, to hand the kernel their backing file.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -235,6 +238,16 @@ impl Filesystem for LayerFs {
         match node {
             Ok(n) if n.kind == NodeKind::Dir => reply.error(Errno::EISDIR),
             Ok(_) if flags.acc_mode() != OpenAccMode::O_RDONLY => reply.error(Errno::EROFS),
+            Ok(n) if !self.passthrough.load(Ordering::Relaxed) => {
+                // Zero-message opens: ENOSYS tells the kernel this
+                // filesystem needs no OPEN (the open succeeds), and from now
+                // on it opens files of this mount without asking us, with
+                // FOPEN_KEEP_CACHE, and sends no RELEASE. A warm open then
+                // never reaches the daemon. (The mount is read-only: the
+                // kernel refuses writes itself.)
+                self.layer.record_open(n.ino);
+                reply.error(Errno::ENOSYS)
+            }
             Ok(n) => {
                 self.layer.record_open(n.ino);
                 self.open_file(n, reply)
@@ -255,6 +268,9 @@ impl Filesystem for LayerFs {
         reply: ReplyData,
     ) {
         let t = std::time::Instant::now();
+        // With zero-message opens a file's first read is its first sign of
+        // use (the profile recorder's access log).
+        self.layer.record_open(ino.0);
         // Bytes at hand are answered here; a read that must wait on the
         // network is answered from a blocking thread of the runtime, so a
         // slow registry never holds this FUSE worker (lookups, cached reads
@@ -278,7 +294,9 @@ impl Filesystem for LayerFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok(); // nothing is ever written
+        // Nothing is ever written: ENOSYS tells the kernel not to send
+        // FLUSH again on this mount.
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -308,9 +326,10 @@ impl Filesystem for LayerFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.node(ino) {
-            Ok(n) if n.kind == NodeKind::Dir => {
-                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
-            }
+            // Zero-message opendir (as for files): the kernel opens
+            // directories of this mount itself from now on, with
+            // FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR (listings cached too).
+            Ok(n) if n.kind == NodeKind::Dir => reply.error(Errno::ENOSYS),
             Ok(_) => reply.error(Errno::ENOTDIR),
             Err(e) => reply.error(e),
         }
