@@ -145,13 +145,13 @@ def ensure_images(workloads, modes):
 class Stack:
     """A fresh containerd + hologram-snapshotter under a temp directory."""
 
-    def __init__(self, env):
+    def __init__(self, env, extra=""):
         self.work = tempfile.mkdtemp(prefix="hologram-bench.", dir="/var/tmp")
         self.procs = []
         self.metrics = f"127.0.0.1:{free_port()}"
         conf = os.path.join(self.work, "hologram.toml")
         with open(conf, "w") as f:
-            f.write("[remote]\nplain_http = true\n")
+            f.write("[remote]\nplain_http = true\n" + extra)
         denv = dict(os.environ, **env)
         self.daemon = subprocess.Popen(
             [os.path.join(BIN, "hologram-snapshotter"), "--root", f"{self.work}/hologram",
@@ -235,11 +235,11 @@ def first_line(cmd, expect, timeout=600):
     return t, line
 
 
-def sample(workload, mode, run_no):
+def sample(workload, mode, run_no, extra=""):
     snap, tag, env = MODES[mode]
     w = WORKLOADS[workload]
     ref = f"{REG}/{w['repo']}:{tag}"
-    st = Stack(env)
+    st = Stack(env, extra)
     try:
         b0, t0 = rx_bytes(), time.monotonic()
         if snap == "overlayfs":
@@ -304,6 +304,8 @@ def main():
     ap.add_argument("--workloads", default="python,big,gcc")
     ap.add_argument("--modes", default="overlayfs,hologram,hologram-nobg,hologram-profiled")
     ap.add_argument("--out", default=os.path.join(TOP, "docs", "bench"))
+    ap.add_argument("--remote-config", default="",
+                    help="extra [remote] keys for the daemon, e.g. 'readaround_kib = 64' (experiments)")
     a = ap.parse_args()
     workloads = a.workloads.split(",")
     modes = a.modes.split(",")
@@ -324,7 +326,7 @@ def main():
     for r in range(1, a.runs + 1):
         for w in workloads:
             for m in modes:
-                s = sample(w, m, r)
+                s = sample(w, m, r, a.remote_config.replace("\\n", "\n") + "\n")
                 samples.append(s)
                 log(f"[{len(samples)}/{total}, {time.monotonic() - started:.0f} s] {w} {m} run {r}: "
                     f"cold {s['cold_s']:.2f} s, {s['bytes_first'] / 1e6:.1f} MB before output "

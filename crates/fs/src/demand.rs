@@ -53,6 +53,12 @@ impl DemandGate {
         Demand { gate: self }
     }
 
+    /// Counts as on-demand activity now (a mount: reads are about to come).
+    pub fn touch(&self) {
+        self.lock().last_done = Some(Instant::now());
+        self.changed.notify_all();
+    }
+
     /// On-demand fetches in flight now.
     pub fn in_flight(&self) -> usize {
         self.lock().in_flight

@@ -67,13 +67,16 @@ pub struct LayerConfig {
     /// Longest a prefetch or background request waits for its turn (the
     /// whole-layer check must not starve under endless reads).
     pub yield_max: Duration,
+    /// Size of one background request: small, so that an on-demand read
+    /// arriving meanwhile waits at most one short transfer for the link.
+    pub background_window: u64,
 }
 
 impl Default for LayerConfig {
     fn default() -> Self {
         LayerConfig {
             fetch_timeout: Duration::from_secs(30),
-            readaround: 512 * 1024,
+            readaround: 64 * 1024,
             max_request: 8 * 1024 * 1024,
             prefetch: true,
             background_fetch: true,
@@ -82,6 +85,7 @@ impl Default for LayerConfig {
             passthrough: true,
             background_quiet: Duration::from_millis(500),
             yield_max: Duration::from_secs(10),
+            background_window: 512 * 1024,
         }
     }
 }
@@ -912,6 +916,9 @@ impl Layer {
     /// until done or [`Layer::close`]; a failed fetch is retried with
     /// backoff while the layer is mounted.
     pub fn warm(&self) {
+        // A mount is activity: background fetch waits its quiet period from
+        // now (the container usually starts right after its pull).
+        self.gate.touch();
         let prefetch_end = if self.cfg.prefetch {
             self.index.prefetch_end()
         } else {
@@ -1016,7 +1023,11 @@ impl Layer {
                     return Err("layer closed".into());
                 }
             }
-            let window = self.next_window(pass.pos, until);
+            let size = match purpose {
+                Purpose::Background if deadline.is_none() => self.cfg.background_window,
+                _ => self.cfg.max_request,
+            };
+            let window = self.next_window(pass.pos, until, size);
             let positions = self.chunks_within(&window);
             let run = self.claim(positions.into_iter());
             let data = match self.fetch_range(window.clone(), purpose) {
@@ -1083,13 +1094,13 @@ impl Layer {
         }
     }
 
-    /// The next window of the pass from `pos`: about `max_request` bytes,
+    /// The next window of the pass from `pos`: about `size` bytes,
     /// ending at a chunk start (so every chunk lies wholly in one window),
     /// or at the end of the chunk holding `pos` when that one is larger.
-    fn next_window(&self, pos: u64, until: u64) -> Range<u64> {
+    fn next_window(&self, pos: u64, until: u64, size: u64) -> Range<u64> {
         let order = self.index.blob_order();
         let start_of = |p: usize| self.chunk_at(p).map_or(u64::MAX, |c| c.blob_offset);
-        let target = pos.saturating_add(self.cfg.max_request).min(until);
+        let target = pos.saturating_add(size.max(1)).min(until);
         // The last chunk start at or before `target` that lies after `pos`.
         let i = order.partition_point(|&id| {
             self.index

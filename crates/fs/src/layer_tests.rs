@@ -350,6 +350,8 @@ fn background() -> LayerConfig {
         background_fetch: true,
         background_rate: 0,
         max_request: 4096,
+        background_window: 4096,
+        background_quiet: Duration::ZERO,
         ..quiet()
     }
 }

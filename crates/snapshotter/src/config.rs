@@ -195,7 +195,7 @@ impl Default for RemoteSection {
             fetch_timeout_secs: 30,
             request_timeout_secs: 10,
             failure_memory_ms: 2000,
-            readaround_kib: 512,
+            readaround_kib: 64,
             prefetch: true,
             background_fetch: true,
             background_fetch_mib_per_sec: 32,
