@@ -51,7 +51,7 @@ WORKLOADS = {
         "repo": "holo/gcc",
         "expect": r"^hello from gcc$",
         "cmd": ["/bin/sh", "-c",
-                "printf '%s' '" + HELLO_C + "' > /tmp/h.c && gcc -O2 -o /tmp/h /tmp/h.c && /tmp/h"],
+                "printf '" + HELLO_C + "' > /tmp/h.c && gcc -O2 -o /tmp/h /tmp/h.c && /tmp/h"],
     },
 }
 MODES = {
@@ -188,16 +188,19 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         cpu = (int(fields[11]) + int(fields[12])) / ticks
         return hwm * 1024, cpu
 
-    def fetches(self):
+    def _metric_sum(self, prefix):
         try:
             text = urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=5).read().decode()
         except Exception:  # noqa: BLE001
             return None
-        n = 0
-        for line in text.splitlines():
-            if line.startswith("hologram_remote_fetches_total{"):
-                n += float(line.rsplit(" ", 1)[1])
-        return int(n)
+        return int(sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(prefix)))
+
+    def fetches(self):
+        return self._metric_sum("hologram_remote_fetches_total{")
+
+    def fuse_requests(self):
+        """FUSE requests the daemon answered so far (every op)."""
+        return self._metric_sum("hologram_fuse_operations_total{")
 
     def stop(self):
         for p in reversed(self.procs):
@@ -255,13 +258,15 @@ def sample(workload, mode, run_no, extra=""):
         cold = t_pull + t_run  # wall time from the pull's start to the first output
         bytes_first = rx_bytes() - b0
         fetches = st.fetches() if snap == "hologram" else None
+        before = st.fuse_requests() if snap == "hologram" else None
         cmd = st.ctr + ["run", "--rm", "--snapshotter", snap, ref, f"warm{run_no}"] + (w["cmd"] or [])
         warm, _ = first_line(cmd, w["expect"])
+        warm_fuse = (st.fuse_requests() - before) if before is not None else None
         rss, cpu = st.daemon_stats()
         bytes_total = rx_bytes() - b0
         return {"workload": workload, "mode": mode, "run": run_no, "cold_s": cold, "pull_s": t_pull,
                 "bytes_first": bytes_first, "bytes_total": bytes_total, "fetches": fetches,
-                "warm_s": warm, "daemon_peak_rss": rss, "daemon_cpu_s": cpu}
+                "warm_s": warm, "warm_fuse_requests": warm_fuse, "daemon_peak_rss": rss, "daemon_cpu_s": cpu}
     finally:
         st.stop()
 
@@ -272,8 +277,8 @@ def median(xs):
 
 
 def table(samples, workloads, modes):
-    out = ["| workload | mode | cold to first output, s (median, min–max) | × overlayfs | MB before output | MB total | range requests | warm re-run, s | warm × overlayfs | daemon peak RSS, MiB | daemon CPU, s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| workload | mode | cold to first output, s (median, min–max) | × overlayfs | MB before output | MB total | range requests | warm re-run, s | warm × overlayfs | FUSE requests in the warm run | daemon peak RSS, MiB | daemon CPU, s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for w in workloads:
         base = [s for s in samples if s["workload"] == w and s["mode"] == "overlayfs"]
         bc, bw = median([s["cold_s"] for s in base]), median([s["warm_s"] for s in base])
@@ -285,13 +290,15 @@ def table(samples, workloads, modes):
             mc, mw = median(c), median([s["warm_s"] for s in ss])
             hologram = MODES[m][0] == "hologram"
             f = median([s["fetches"] for s in ss]) if hologram else None
-            out.append("| {} | {} | {:.2f} ({:.2f}–{:.2f}) | {} | {:.1f} | {:.1f} | {} | {:.3f} | {} | {} | {} |".format(
+            wf = median([s.get("warm_fuse_requests") for s in ss]) if hologram else None
+            out.append("| {} | {} | {:.2f} ({:.2f}–{:.2f}) | {} | {:.1f} | {:.1f} | {} | {:.3f} | {} | {} | {} | {} |".format(
                 w, m, mc, min(c), max(c),
                 f"{mc / bc:.2f}" if bc else "—",
                 median([s["bytes_first"] for s in ss]) / 1e6,
                 median([s["bytes_total"] for s in ss]) / 1e6,
                 f"{f:.0f}" if f is not None else "—",
                 mw, f"{mw / bw:.2f}" if bw else "—",
+                f"{wf:.0f}" if wf is not None else "—",
                 f"{median([s['daemon_peak_rss'] for s in ss]) / 2**20:.0f}" if hologram else "—",
                 f"{median([s['daemon_cpu_s'] for s in ss]):.2f}" if hologram else "—"))
     return "\n".join(out)
@@ -342,6 +349,18 @@ def main():
         f.write(f"{doc['date']}, {machine}; link: {doc['link']}; `{doc['command']}`; "
                 f"median of {a.runs}\n\n{md}\n")
     print(md)
+    # docs/BENCHMARKS.md shows the latest full run (between its markers).
+    bench_md = os.path.join(TOP, "docs", "BENCHMARKS.md")
+    if os.path.abspath(a.out) == os.path.join(TOP, "docs", "bench") and os.path.exists(bench_md):
+        text = open(bench_md).read()
+        start, end = "<!-- results -->", "<!-- /results -->"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            _, tail = rest.split(end, 1)
+            body = open(os.path.join(a.out, "results.md")).read()
+            with open(bench_md, "w") as f:
+                f.write(f"{head}{start}\n{body}{end}{tail}")
+            log(f"updated {bench_md}")
     plot = os.path.join(TOP, "target", "release", "bench-plot")
     if os.path.exists(plot):
         run([plot, os.path.join(a.out, "results.json"), a.out])

@@ -25,7 +25,7 @@ use fuser::{
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
     SessionACL,
 };
-use hologram_estargz::{Node, NodeKind};
+use hologram_estargz::{Index, Node, NodeKind};
 
 use crate::layer::Layer;
 
@@ -48,6 +48,8 @@ pub struct LayerFs {
     layer: Arc<Layer>,
     /// The kernel accepted FUSE passthrough (Linux ≥ 6.9, CAP_SYS_ADMIN).
     passthrough: Arc<AtomicBool>,
+    /// Whether any file of the layer has an extended attribute.
+    has_xattrs: bool,
     opens: Mutex<HashMap<u64, OpenState>>,
 }
 
@@ -107,8 +109,13 @@ pub fn attr_of(node: &Node) -> FileAttr {
 
 impl LayerFs {
     pub fn new(layer: Arc<Layer>) -> Self {
+        let index = layer.index();
+        let has_xattrs = (1..=index.len() as u64)
+            .filter_map(|i| index.node(i))
+            .any(|n| index.xattrs(n).is_some_and(|x| !x.is_empty()));
         LayerFs {
             layer,
+            has_xattrs,
             passthrough: Arc::new(AtomicBool::new(false)),
             opens: Mutex::new(HashMap::new()),
         }
@@ -187,6 +194,8 @@ fn xattr_reply(reply: ReplyXattr, size: u32, data: &[u8]) {
 impl Filesystem for LayerFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_readahead(1024 * 1024);
+        // Symlink targets never change: let the kernel cache them.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_CACHE_SYMLINKS);
         // Passthrough for files complete in the cache. Stack depth 1: the
         // backing files are on a plain filesystem, and overlayfs stacks on us.
         let ok = self.layer.passthrough_allowed()
@@ -205,7 +214,17 @@ impl Filesystem for LayerFs {
         self.obs().fuse_op("lookup", found.is_some());
         match found {
             Some(node) => reply.entry(&TTL, &attr_of(node), Generation(0)),
-            None => reply.error(Errno::ENOENT),
+            // A negative entry (node id 0) with a TTL: the kernel caches
+            // the absence (the tree never changes), so the next lookup of
+            // this name — overlayfs asks every lower layer — stays local.
+            None => match index.node(Index::ROOT) {
+                Some(root) => {
+                    let mut none = attr_of(root);
+                    none.ino = INodeNo(0);
+                    reply.entry(&TTL, &none, Generation(0))
+                }
+                None => reply.error(Errno::ENOENT),
+            },
         }
     }
 
@@ -401,6 +420,14 @@ impl Filesystem for LayerFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if !self.has_xattrs {
+            // No file of this layer has an extended attribute: ENOSYS
+            // makes the kernel stop asking (callers then get EOPNOTSUPP
+            // instead of ENODATA: "none here" either way) — otherwise
+            // every exec and overlayfs lookup costs a round trip.
+            self.obs().fuse_op("getxattr", true);
+            return reply.error(Errno::ENOSYS);
+        }
         let node = self.node(ino);
         self.obs().fuse_op("getxattr", node.is_ok());
         match node {
@@ -413,6 +440,10 @@ impl Filesystem for LayerFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if !self.has_xattrs {
+            self.obs().fuse_op("listxattr", true);
+            return reply.error(Errno::ENOSYS);
+        }
         let node = self.node(ino);
         self.obs().fuse_op("listxattr", node.is_ok());
         match node {
