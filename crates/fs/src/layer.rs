@@ -44,6 +44,10 @@ pub struct LayerConfig {
     /// not cached, up to this many extra compressed bytes: eStargz puts files
     /// used together next to each other, and a request costs a round trip.
     pub readaround: u64,
+    /// On a miss, also fetch the adjacent uncached chunks (before and after)
+    /// of the other files in the same directory, up to this many compressed
+    /// bytes (0: off).
+    pub dir_readaround: u64,
     /// Largest single range request.
     pub max_request: u64,
     /// Fetch the files before the prefetch landmark at mount.
@@ -77,6 +81,7 @@ impl Default for LayerConfig {
         LayerConfig {
             fetch_timeout: Duration::from_secs(30),
             readaround: 64 * 1024,
+            dir_readaround: 0,
             max_request: 8 * 1024 * 1024,
             prefetch: true,
             background_fetch: true,
@@ -258,6 +263,9 @@ pub struct Layer {
     spill: Mutex<Spill>,
     /// On-demand activity of every layer on the link.
     gate: Arc<DemandGate>,
+    /// The directory (parent inode) of the file of each chunk, by position
+    /// in blob order (0: none); 4 bytes per chunk.
+    dir_of_pos: Vec<u32>,
     /// Files in the order they were first opened, when recording a
     /// profile ([`Layer::with_access_log`]).
     access: Option<Mutex<AccessLog>>,
@@ -327,7 +335,37 @@ impl Layer {
             spill: Mutex::new(Spill::default()),
             gate: Arc::new(DemandGate::default()),
             access: None,
+            dir_of_pos: Vec::new(),
         }
+        .with_dirs()
+    }
+
+    /// Fills `dir_of_pos` from the index.
+    fn with_dirs(mut self) -> Layer {
+        let order = self.index.blob_order();
+        let mut pos_of_id = vec![u32::MAX; order.len()];
+        for (pos, &id) in order.iter().enumerate() {
+            if let Some(slot) = pos_of_id.get_mut(id as usize) {
+                *slot = u32::try_from(pos).unwrap_or(u32::MAX);
+            }
+        }
+        let mut dirs = vec![0u32; order.len()];
+        for ino in 1..=self.index.len() as u64 {
+            let Some(node) = self.index.node(ino) else { continue };
+            if node.kind != NodeKind::Reg {
+                continue;
+            }
+            let parent = u32::try_from(node.parent).unwrap_or(0);
+            for id in self.index.chunk_ids(node) {
+                if let Some(&pos) = pos_of_id.get(id as usize) {
+                    if let Some(d) = dirs.get_mut(pos as usize) {
+                        *d = parent;
+                    }
+                }
+            }
+        }
+        self.dir_of_pos = dirs;
+        self
     }
 
     /// Records the order in which files are first opened (a profile for
@@ -600,20 +638,7 @@ impl Layer {
                 msg: "chunk not in the layer index".into(),
             });
         };
-        let mut span = vec![pos];
-        let mut extra = 0;
-        let mut next = pos + 1;
-        while let (Some(prev), Some(c)) = (self.chunk_at(next - 1), self.chunk_at(next)) {
-            if !adjacent(prev, c)
-                || extra + c.blob_len > self.cfg.readaround
-                || self.have(&c.digest)
-            {
-                break;
-            }
-            extra += c.blob_len;
-            span.push(next);
-            next += 1;
-        }
+        let span = self.readaround_span(pos);
         // Only the chunk asked for decides this read: a bad chunk of another
         // file in the read-around window is that file's problem.
         if let Some((_, e)) = self
@@ -628,6 +653,58 @@ impl Layer {
             return Ok(());
         }
         self.wait_for(chunk)
+    }
+
+    /// The positions to fetch for a miss at `pos`: the chunk, then the
+    /// adjacent uncached chunks after it up to `readaround` bytes, and —
+    /// both ways — those of the other files of the same directory up to
+    /// `dir_readaround` bytes. Files of one directory lie together in the
+    /// blob (tar order) and are used together (a package's modules, a
+    /// program's libraries), so one request brings a directory's worth of
+    /// small files for one round trip.
+    fn readaround_span(&self, pos: usize) -> Vec<usize> {
+        let dir = self.dir_of_pos.get(pos).copied();
+        let same_dir = |p: usize| dir.is_some() && self.dir_of_pos.get(p).copied() == dir;
+        let (mut extra, mut dir_extra) = (0u64, 0u64);
+        let mut take = |p: usize, c: &Chunk| -> bool {
+            if self.have(&c.digest) {
+                return false;
+            }
+            if same_dir(p) && dir_extra + c.blob_len <= self.cfg.dir_readaround {
+                dir_extra += c.blob_len;
+                return true;
+            }
+            if extra + c.blob_len <= self.cfg.readaround {
+                extra += c.blob_len;
+                return true;
+            }
+            false
+        };
+        let mut after = Vec::new();
+        let mut next = pos + 1;
+        while let (Some(prev), Some(c)) = (self.chunk_at(next - 1), self.chunk_at(next)) {
+            if !adjacent(prev, c) || !take(next, c) {
+                break;
+            }
+            after.push(next);
+            next += 1;
+        }
+        let mut before = Vec::new();
+        let mut prev_pos = pos;
+        while let Some(p) = prev_pos.checked_sub(1) {
+            let (Some(c), Some(later)) = (self.chunk_at(p), self.chunk_at(prev_pos)) else {
+                break;
+            };
+            if !adjacent(c, later) || !same_dir(p) || !take(p, c) {
+                break;
+            }
+            before.push(p);
+            prev_pos = p;
+        }
+        before.reverse();
+        before.push(pos);
+        before.extend(after);
+        before
     }
 
     fn wait_for(&self, chunk: &Chunk) -> Result<(), ReadError> {

@@ -158,6 +158,10 @@ pub struct RemoteSection {
     /// A read that must fetch also fetches the adjacent chunks after it, up
     /// to this many KiB, in the same request (0: only what is read).
     pub readaround_kib: u64,
+    /// A read that fetches also fetches the other files of the same
+    /// directory lying next to it in the blob, up to this many KiB, in the
+    /// same request (0: off).
+    pub dir_readaround_kib: u64,
     /// Fetch files before the eStargz prefetch landmark at mount
     /// (`HOLOGRAM_PREFETCH=0` turns it off).
     pub prefetch: bool,
@@ -196,6 +200,7 @@ impl Default for RemoteSection {
             request_timeout_secs: 10,
             failure_memory_ms: 2000,
             readaround_kib: 64,
+            dir_readaround_kib: 0,
             prefetch: true,
             background_fetch: true,
             background_fetch_mib_per_sec: 32,
