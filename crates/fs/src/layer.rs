@@ -340,8 +340,12 @@ impl Layer {
         .with_dirs()
     }
 
-    /// Fills `dir_of_pos` from the index.
+    /// Fills `dir_of_pos` from the index (only when directory read-around
+    /// is on: it costs 4 bytes per chunk).
     fn with_dirs(mut self) -> Layer {
+        if self.cfg.dir_readaround == 0 {
+            return self;
+        }
         let order = self.index.blob_order();
         let mut pos_of_id = vec![u32::MAX; order.len()];
         for (pos, &id) in order.iter().enumerate() {
