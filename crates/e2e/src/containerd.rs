@@ -268,10 +268,15 @@ impl Containerd {
             .args(args);
         let out = run_with_timeout(&mut cmd, CTR_TIMEOUT)
             .with_context(|| format!("ctr -n {ns} {}", args.join(" ")))?;
+        self.stdout_of(&format!("ctr -n {ns} {}", args.join(" ")), out)
+    }
+
+    /// stdout of a successful ctr run; else an error carrying stdout,
+    /// stderr and the tails of the containerd and attached logs.
+    fn stdout_of(&self, what: &str, out: Output) -> Result<String> {
         if !out.status.success() {
             bail!(
-                "`ctr -n {ns} {}` failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}\n{}",
-                args.join(" "),
+                "`{what}` failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}\n{}",
                 out.status,
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr),
@@ -291,17 +296,7 @@ impl Containerd {
     /// stdout, stderr and the tails of the containerd and attached logs.
     pub fn ctr(&self, args: &[&str]) -> Result<String> {
         let out = self.ctr_raw(args)?;
-        if !out.status.success() {
-            bail!(
-                "`ctr {}` failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}\n{}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr),
-                self.diagnostics()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.stdout_of(&format!("ctr {}", args.join(" ")), out)
     }
 
     /// Runs ctr expecting failure; returns stderr (error if it succeeds).

@@ -506,32 +506,13 @@ impl LazyEnv {
         parent: &str,
         labels: &[(&str, &str)],
     ) -> Result<std::result::Result<usize, tonic::Status>> {
-        use hologram_api::snapshots::snapshots_client::SnapshotsClient;
-        use hologram_api::snapshots::PrepareSnapshotRequest;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("tokio runtime")?;
-        let socket = self.snapshotter.socket().to_path_buf();
-        let req = PrepareSnapshotRequest {
-            snapshotter: SNAPSHOTTER.into(),
-            key: key.into(),
-            parent: parent.into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        };
-        rt.block_on(async move {
-            let channel = hologram_api::connect_unix(&socket)
-                .await
-                .with_context(|| format!("connecting to {}", socket.display()))?;
-            let mut client = SnapshotsClient::new(channel);
-            let res = tokio::time::timeout(Duration::from_secs(300), client.prepare(req))
-                .await
-                .context("Prepare timed out")?;
-            Ok(res.map(|r| r.into_inner().mounts.len()))
-        })
+        crate::snapshotter::prepare_direct(
+            self.snapshotter.socket(),
+            key,
+            parent,
+            labels,
+            Duration::from_secs(300),
+        )
     }
 
     /// `hologram convert --plain-http SRC DST` (`extra` goes before SRC).

@@ -49,6 +49,44 @@ pub fn binary() -> Result<PathBuf> {
     )
 }
 
+/// Prepare sent straight to the daemon's socket at `socket` (as
+/// containerd's metadata layer would forward it), bounded by `timeout`: the
+/// number of mounts, or the refusal.
+pub fn prepare_direct(
+    socket: &Path,
+    key: &str,
+    parent: &str,
+    labels: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<std::result::Result<usize, tonic::Status>> {
+    use hologram_api::snapshots::snapshots_client::SnapshotsClient;
+    use hologram_api::snapshots::PrepareSnapshotRequest;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let socket = socket.to_path_buf();
+    let req = PrepareSnapshotRequest {
+        snapshotter: crate::SNAPSHOTTER.into(),
+        key: key.into(),
+        parent: parent.into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    };
+    rt.block_on(async move {
+        let channel = hologram_api::connect_unix(&socket)
+            .await
+            .with_context(|| format!("connecting to {}", socket.display()))?;
+        let mut client = SnapshotsClient::new(channel);
+        let res = tokio::time::timeout(timeout, client.prepare(req))
+            .await
+            .context("Prepare timed out")?;
+        Ok(res.map(|r| r.into_inner().mounts.len()))
+    })
+}
+
 /// Whether something accepts connections on the unix socket at `path`.
 pub fn socket_accepts(path: &Path) -> bool {
     match std::fs::symlink_metadata(path) {

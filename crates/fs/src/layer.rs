@@ -355,7 +355,9 @@ impl Layer {
         }
         let mut dirs = vec![0u32; order.len()];
         for ino in 1..=self.index.len() as u64 {
-            let Some(node) = self.index.node(ino) else { continue };
+            let Some(node) = self.index.node(ino) else {
+                continue;
+            };
             if node.kind != NodeKind::Reg {
                 continue;
             }
