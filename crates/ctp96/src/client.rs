@@ -1,0 +1,1 @@
+//! Client (see below).

@@ -1,0 +1,1 @@
+//! Server (see below).
