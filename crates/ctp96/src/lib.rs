@@ -2,15 +2,15 @@
 //! range reads over HTTP. `docs/ctp96.md` is the contract; this crate is
 //! its implementation:
 //!
-//! * [`frame`]: the 96-byte header (CRC32C) and payload (SHA-256), the
+//! * [`frame`] — the 96-byte header (CRC32C) and payload (SHA-256), the
 //!   stream decoder;
-//! * [`wire`]: the JSON bodies, parsed once into typed, limited values;
-//! * [`validate`]: a receiver's checks of a fetch response (session,
+//! * [`wire`] — the JSON bodies, parsed once into typed, limited values;
+//! * [`validate`] — a receiver's checks of a fetch response (session,
 //!   sequence, nonce replay, ranges answered in order);
-//! * [`lease`]: the server's session table and the client's renewal time;
-//! * [`client`]: [`client::Ctp96Client`] (sessions, leases, hints, retries)
+//! * [`lease`] — the server's session table and the client's renewal time;
+//! * [`client`] — [`client::Ctp96Client`] (sessions, leases, hints, retries)
 //!   and [`client::Ctp96Blob`], a [`hologram_source::BlobSource`];
-//! * [`server`]: the HTTP server over an [`server::Upstream`] (a registry
+//! * [`server`] — the HTTP server over an [`server::Upstream`] (a registry
 //!   or an OCI layout, provided by the caller), with an on-disk blob cache.
 //!
 //! The crate knows no registry client and no daemon: `hologram` (the CLI)
