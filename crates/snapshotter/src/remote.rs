@@ -50,6 +50,8 @@ pub struct RemoteConfig {
     pub max_toc_entries: usize,
     /// Most index memory of all mounted layers together, bytes.
     pub index_budget: u64,
+    /// The transport (`HOLOGRAM_NET`, `[ctp96]`).
+    pub ctp96: crate::ctp96::Ctp96Config,
 }
 
 /// Why a layer is not served lazily: a short category (a metric label) and
@@ -139,6 +141,8 @@ type StoreSlot = Arc<Mutex<Option<Arc<MetaStore>>>>;
 pub struct RemoteLayers {
     cfg: RemoteConfig,
     client: RegistryClient,
+    /// Registry or CTP-96, per layer.
+    sources: crate::ctp96::Sources,
     cache: Arc<ChunkCache>,
     rt: tokio::runtime::Handle,
     toc_dir: PathBuf,
@@ -181,9 +185,12 @@ impl RemoteLayers {
             .with_context(|| format!("cannot create {}", toc_dir.display()))?;
         let client = RegistryClient::new(cfg.registry.clone())
             .context("cannot set up the registry client")?;
+        let sources = crate::ctp96::Sources::new(&cfg.ctp96, metrics.clone())
+            .context("cannot set up the CTP-96 transport")?;
         Ok(RemoteLayers {
             cfg,
             client,
+            sources,
             cache: Arc::new(cache),
             rt,
             toc_dir,
@@ -301,7 +308,10 @@ impl RemoteLayers {
         self.mount_served(id, name, &served, mountpoint)?;
         let mut l = BTreeMap::new();
         l.insert(labels::REMOTE.to_owned(), labels::REMOTE_VALUE.to_owned());
-        l.insert(labels::HOLOGRAM_SOURCE.to_owned(), "registry".to_owned());
+        l.insert(
+            labels::HOLOGRAM_SOURCE.to_owned(),
+            self.sources.describe().to_owned(),
+        );
         l.insert(labels::HOLOGRAM_LAYER.to_owned(), served.layer.to_string());
         l.insert(labels::HOLOGRAM_TOC.to_owned(), served.toc.to_string());
         l.insert(
@@ -338,7 +348,7 @@ impl RemoteLayers {
                 "remote snapshots are disabled in the configuration",
             ));
         }
-        let source: Arc<dyn BlobSource> = Arc::new(RegistryBlob::new(
+        let source: Arc<dyn BlobSource> = self.sources.source(RegistryBlob::new(
             self.client.clone(),
             served.image.clone(),
             served.layer,
