@@ -390,6 +390,24 @@ impl Ctp96Client {
         wire::parse_json(&b).map_err(SourceError::Integrity)
     }
 
+    /// `GET /v1/manifests?ref=`: the manifest `reference` (`repo:tag` or
+    /// `repo@sha256:...`) names upstream. A digest reference is checked
+    /// against the bytes.
+    pub async fn manifest_by_ref(&self, reference: &str) -> Result<Bytes, SourceError> {
+        let mut url = self.inner.url("v1/manifests");
+        url.query_pairs_mut().append_pair("ref", reference);
+        let b = self.inner.get_bytes(url, 4 << 20).await?;
+        if let Some((_, d)) = reference.rsplit_once('@') {
+            let d = Digest::parse(d).map_err(|e| SourceError::Other(e.to_string()))?;
+            if !d.matches(&b) {
+                return Err(SourceError::Integrity(format!(
+                    "the manifest served for {reference} does not match its digest"
+                )));
+            }
+        }
+        Ok(b)
+    }
+
     /// The manifest with UOR-ID `id`, checked by recomputing its UOR-ID.
     pub async fn manifest_by_uor(&self, id: &UorId) -> Result<Bytes, SourceError> {
         let url = self.inner.url(&format!("v1/manifests/{id}"));

@@ -251,6 +251,87 @@ impl Sources {
     }
 }
 
+/// How the image planner reads over CTP-96 (`crate::plan::Images`).
+#[derive(Debug, Clone)]
+pub struct ImagesOverCtp96 {
+    pub client: Ctp96Client,
+    /// `auto`: read from the registry when CTP-96 does not serve.
+    pub fallback: bool,
+}
+
+impl Sources {
+    /// What the image planner needs to read manifests and configs over
+    /// CTP-96, when layers come over it.
+    pub fn for_images(&self) -> Option<ImagesOverCtp96> {
+        self.client.as_ref().map(|c| ImagesOverCtp96 {
+            client: c.clone(),
+            fallback: self.net != Net::Ctp96,
+        })
+    }
+}
+
+/// The facts of `image` with manifest `digest`, over CTP-96: the manifest
+/// by digest (checked against it) and the config (checked against its
+/// digest, at most `max_config` bytes).
+pub async fn image_facts(
+    client: &Ctp96Client,
+    image: &hologram_oci::Reference,
+    digest: &Digest,
+    max_config: u64,
+) -> Result<crate::plan::ImageFacts, crate::plan::ImageError> {
+    use crate::plan::ImageError;
+    let name = image.to_string();
+    let unavailable = |reason: String| ImageError::Unavailable {
+        image: name.clone(),
+        reason: format!("over CTP-96: {reason}"),
+    };
+    let invalid = |reason: String| ImageError::Invalid {
+        image: name.clone(),
+        reason,
+    };
+    let bytes = client
+        .manifest_by_ref(&format!("{}@{digest}", image.repository))
+        .await
+        .map_err(|e| match e {
+            SourceError::Integrity(m) => invalid(m),
+            other => unavailable(other.to_string()),
+        })?;
+    let manifest =
+        hologram_oci::ImageManifest::parse(&bytes).map_err(|e| invalid(e.to_string()))?;
+    let cfg = &manifest.config;
+    if cfg.size == 0 || cfg.size > max_config {
+        return Err(invalid(format!(
+            "config {} of {} bytes (limit {max_config})",
+            cfg.digest, cfg.size
+        )));
+    }
+    let config_bytes = client
+        .read(Some(&image.repository), &[(cfg.digest, 0..cfg.size)])
+        .await
+        .map_err(|e| unavailable(format!("config: {e}")))?
+        .pop()
+        .unwrap_or_default();
+    if !cfg.digest.matches(&config_bytes) {
+        return Err(invalid(format!(
+            "config {} served with bytes that do not match its digest",
+            cfg.digest
+        )));
+    }
+    let config = hologram_oci::ImageConfig::parse_for(&config_bytes, &manifest)
+        .map_err(|e| invalid(e.to_string()))?;
+    let diff_ids = config.rootfs.diff_ids;
+    Ok(crate::plan::ImageFacts {
+        chain_ids: hologram_oci::chain_ids(&diff_ids),
+        diff_ids,
+        uor_id: hologram_trust::UorId::of(&bytes),
+        labelled: image.clone(),
+        reference: image.with_digest(digest),
+        manifest_digest: *digest,
+        manifest_bytes: bytes,
+        manifest,
+    })
+}
+
 /// CTP-96 first, the registry when the endpoint does not serve a read.
 #[derive(Debug)]
 struct AutoSource {

@@ -252,6 +252,12 @@ impl RemoteLayers {
         }
     }
 
+    /// How the layer plans read manifests and configs over CTP-96, when
+    /// layers come over it.
+    pub fn ctp96_for_images(&self) -> Option<crate::ctp96::ImagesOverCtp96> {
+        self.sources.for_images()
+    }
+
     /// The registry client (shared with the layer plans).
     pub fn client(&self) -> &RegistryClient {
         &self.client

@@ -147,6 +147,7 @@ impl Snapshotter {
         let images = remote.as_ref().map(|r| {
             r.attach_store(Arc::clone(&store));
             Images::new(r.client().clone(), tokio::runtime::Handle::current())
+                .with_ctp96(r.ctp96_for_images())
         });
         let sn = Snapshotter {
             root: root.to_owned(),
