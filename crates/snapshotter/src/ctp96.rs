@@ -438,6 +438,41 @@ mod tests {
         assert!(Sources::new(&cfg(Net::Ctp96, Some("ftp://x")), None).is_err());
     }
 
+    /// `ctp96` with a dead endpoint: an error within the read's bound, and
+    /// no registry behind it.
+    #[test]
+    fn ctp96_only_fails_within_its_bound_when_the_endpoint_is_down() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let sources = Sources::new(
+            &Ctp96Config {
+                net: Net::Ctp96,
+                endpoint: Some(format!("http://{dead}")),
+                fetch_timeout: Duration::from_secs(2),
+                ..Ctp96Config::default()
+            },
+            None,
+        )
+        .unwrap();
+        let client = hologram_remote::RegistryClient::new(hologram_remote::RegistryConfig {
+            plain_http: true,
+            ..Default::default()
+        })
+        .unwrap();
+        // The registry named here does not exist either: it is never asked.
+        let r = hologram_oci::Reference::parse("127.0.0.1:1/e2e/x:1").unwrap();
+        let d = Digest::of(b"blob");
+        let src = sources.source(RegistryBlob::new(client, r, d, 100));
+        assert_eq!(src.kind(), SourceKind::Ctp96);
+        let t = Instant::now();
+        let e = rt.block_on(src.read_at(0, 10)).unwrap_err();
+        assert!(matches!(e, SourceError::Unavailable(_)), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    }
+
     /// `auto` with a dead endpoint: the registry answers, the fallback is
     /// counted, and the endpoint is skipped afterwards.
     #[test]
