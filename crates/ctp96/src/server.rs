@@ -809,8 +809,8 @@ async fn produce(
             }
         }
         if let Some(e) = failure {
-            // Bytes of this range already sent are discarded by the client.
-            total -= off - range.start;
+            // Bytes of this range already sent are discarded by the client
+            // (END still counts them: every DATA byte of the response).
             tracing::info!(blob = %digest, offset = range.start, len = range.end - range.start, error = %e, "range failed");
             let (code, _) = e.code();
             let body = ErrorBody {

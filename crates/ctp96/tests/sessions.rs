@@ -74,6 +74,36 @@ async fn server_errors_per_range_are_the_reads_errors() {
 }
 
 #[tokio::test]
+async fn an_upstream_failure_inside_a_range_is_an_error_frame_and_a_retry() {
+    // 5 MiB: the server reads it upstream in 2 MiB pieces; the second
+    // piece fails once, after the first piece's frames went out.
+    let blob = pattern(5 << 20, 8);
+    let (up, d) = MemUpstream::default().with_blob(blob.clone());
+    *up.fail_once_at.lock().unwrap() = Some(2 << 20);
+    let srv = start(ServerConfig::default(), Arc::new(up), None).await;
+    let rec = Arc::new(Recorder::default());
+    let c = client(&srv.url(), &rec, Duration::from_secs(10), 2);
+    let got = c
+        .read(None, &[(d, 100..100), (d, 10..20), (d, 0..(5 << 20))])
+        .await
+        .unwrap();
+    assert!(got[0].is_empty());
+    assert_eq!(got[1], blob.slice(10..20));
+    assert_eq!(got[2], blob);
+    assert_eq!(
+        rec.count("fetch", "retry"),
+        1,
+        "the ERROR frame's range was asked again"
+    );
+    assert_eq!(
+        c.stats().frames_rejected.load(Ordering::Relaxed),
+        0,
+        "a well-formed response"
+    );
+    assert_eq!(srv.server.stats().fetches.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
 async fn leases_are_renewed_before_they_expire() {
     let blob = pattern(1000, 2);
     let (up, d) = MemUpstream::default().with_blob(blob.clone());

@@ -21,6 +21,8 @@ pub struct MemUpstream {
     pub manifests: HashMap<String, (Bytes, String)>,
     pub reads: AtomicUsize,
     pub delay: Option<Duration>,
+    /// The next read at or past this offset fails (once).
+    pub fail_once_at: Mutex<Option<u64>>,
 }
 
 impl MemUpstream {
@@ -50,6 +52,13 @@ impl Upstream for MemUpstream {
         self.reads.fetch_add(1, Ordering::Relaxed);
         if let Some(d) = self.delay {
             tokio::time::sleep(d).await;
+        }
+        {
+            let mut f = self.fail_once_at.lock().unwrap();
+            if f.is_some_and(|at| offset >= at) {
+                *f = None;
+                return Err(UpstreamError::Unavailable("upstream hiccup".into()));
+            }
         }
         let b = self
             .blobs
