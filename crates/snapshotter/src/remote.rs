@@ -258,6 +258,21 @@ impl RemoteLayers {
         self.sources.for_images()
     }
 
+    /// The provenance labels of the transport: `hologram.network` and,
+    /// with a CTP-96 session open, `hologram.ctp96_session` and
+    /// `hologram.lease_id`.
+    pub fn transport_labels(&self) -> BTreeMap<String, String> {
+        let mut l = BTreeMap::from([(
+            crate::trust::LABEL_NETWORK.to_owned(),
+            self.sources.describe().to_owned(),
+        )]);
+        if let Some((session, lease)) = self.sources.client().and_then(|c| c.session()) {
+            l.insert(crate::trust::LABEL_CTP96_SESSION.to_owned(), session);
+            l.insert(crate::trust::LABEL_LEASE_ID.to_owned(), lease);
+        }
+        l
+    }
+
     /// The registry client (shared with the layer plans).
     pub fn client(&self) -> &RegistryClient {
         &self.client

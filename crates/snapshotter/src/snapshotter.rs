@@ -328,6 +328,10 @@ impl Snapshotter {
         };
         let mut commit_labels = labels;
         commit_labels.extend(extra);
+        if commit_labels.contains_key(crate::trust::LABEL_NETWORK) {
+            // Provenance (HOLOGRAM_VERBOSE): the transport the bytes came over.
+            commit_labels.extend(remote.transport_labels());
+        }
         match self
             .store
             .write(|t| t.commit(key, &name, Usage::default(), commit_labels))
