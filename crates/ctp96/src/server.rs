@@ -771,8 +771,15 @@ async fn produce(
             };
             seq += 1;
             st.stats.frames.fetch_add(1, Ordering::Relaxed);
-            if tx.send(Ok(f.encode())).await.is_err() {
-                return; // the client went away
+            // A client that stops reading loses its response (and its
+            // fetch slot) after `upstream_timeout`.
+            match tokio::time::timeout(st.cfg.upstream_timeout, tx.send(Ok(f.encode()))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return, // the client went away
+                Err(_) => {
+                    tracing::info!(session = %wire::format_session_id(session), "client stopped reading; response dropped");
+                    return;
+                }
             }
         }};
     }
@@ -985,6 +992,17 @@ async fn blob(
             return r;
         }
     };
+    let taken = st.inflight.fetch_add(1, Ordering::Relaxed);
+    let _slot = Slot(Arc::clone(&st));
+    if taken >= st.cfg.fetch_slots {
+        st.stats.fetches_busy.fetch_add(1, Ordering::Relaxed);
+        return error_with_retry(
+            StatusCode::SERVICE_UNAVAILABLE,
+            codes::BUSY,
+            format!("all {} fetch slots are in use", st.cfg.fetch_slots),
+            Some(Duration::from_millis(250)),
+        );
+    }
     if end - start > wire::MAX_FETCH_BYTES {
         return error_response(
             StatusCode::RANGE_NOT_SATISFIABLE,

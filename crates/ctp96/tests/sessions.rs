@@ -356,3 +356,68 @@ async fn manifests_by_reference_and_uor_id() {
     let c = client(&srv.url(), &rec, Duration::from_secs(5), 1);
     assert_eq!(c.manifest_by_uor(&uor).await.unwrap(), manifest);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_its_fetch_slot() {
+    use tokio::io::AsyncWriteExt as _;
+    let blob = pattern(32 << 20, 12);
+    let (up, d) = MemUpstream::default().with_blob(blob.clone());
+    let srv = start(
+        ServerConfig {
+            fetch_slots: 1,
+            upstream_timeout: Duration::from_secs(1),
+            ..ServerConfig::default()
+        },
+        Arc::new(up),
+        None,
+    )
+    .await;
+    let info: hologram_ctp96::wire::SessionInfo = serde_json::from_slice(
+        &reqwest::Client::new()
+            .post(format!("{}/v1/sessions", srv.url()))
+            .header("content-type", "application/json")
+            .body(r#"{"nonce":"00000000000000000000000a","client":"stalled"}"#)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    // Ask for 32 MiB and never read the answer.
+    let body = format!(
+        r#"{{"ranges":[{{"digest":"{d}","offset":0,"length":{}}}]}}"#,
+        32 << 20
+    );
+    let mut stalled = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    stalled
+        .write_all(
+            format!(
+                "POST /v1/sessions/{}/fetch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                info.session_id,
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || srv
+            .server
+            .stats()
+            .fetches
+            .load(Ordering::Relaxed)
+            == 1)
+        .await
+    );
+    // The only slot is taken until the server gives up on that client.
+    let rec = Arc::new(Recorder::default());
+    let c = client(&srv.url(), &rec, Duration::from_secs(15), 20);
+    let t = Instant::now();
+    let got = c.read(None, &[(d, 0..1000)]).await.unwrap();
+    assert_eq!(got[0], blob.slice(0..1000));
+    assert!(srv.server.stats().fetches_busy.load(Ordering::Relaxed) >= 1);
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    drop(stalled);
+}
