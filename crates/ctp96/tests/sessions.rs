@@ -421,3 +421,65 @@ async fn a_client_that_stops_reading_loses_its_fetch_slot() {
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     drop(stalled);
 }
+
+#[tokio::test]
+async fn upstream_blobs_are_cached_whole_and_checked() {
+    let blob = pattern(3 << 20, 13);
+    let (mut up, d) = MemUpstream::default().with_blob(blob.clone());
+    up.cacheable = true;
+    // A blob whose bytes do not match the digest it is stored under.
+    let lie = hologram_oci::Digest::of(b"something else");
+    up.blobs.insert(lie, pattern(1000, 14));
+    let up = Arc::new(up);
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(
+        ServerConfig {
+            cache_dir: Some(dir.path().to_path_buf()),
+            ..ServerConfig::default()
+        },
+        up.clone(),
+        None,
+    )
+    .await;
+    let rec = Arc::new(Recorder::default());
+    let c = client(&srv.url(), &rec, Duration::from_secs(10), 1);
+    assert_eq!(
+        c.read(None, &[(d, 10..20)]).await.unwrap()[0],
+        blob.slice(10..20)
+    );
+    let stats = srv.server.stats();
+    assert!(
+        wait_for(Duration::from_secs(10), || stats
+            .blobs_cached
+            .load(Ordering::Relaxed)
+            == 1)
+        .await,
+        "the whole blob is copied into the cache in the background"
+    );
+    let cached = dir.path().join("blobs/sha256").join(d.hex());
+    assert_eq!(std::fs::read(&cached).unwrap(), blob);
+    let reads = up.reads.load(Ordering::Relaxed);
+    let got = c.read(None, &[(d, 0..(3 << 20)), (d, 5..6)]).await.unwrap();
+    assert_eq!(got[0], blob);
+    assert_eq!(
+        up.reads.load(Ordering::Relaxed),
+        reads,
+        "served from the cache"
+    );
+    assert!(stats.bytes_from_cache.load(Ordering::Relaxed) >= 3 << 20);
+    // The lying blob is served (the client checks content against the TOC,
+    // not the server) but never cached.
+    c.read(None, &[(lie, 0..10)]).await.unwrap();
+    let lie_path = dir.path().join("blobs/sha256").join(lie.hex());
+    assert!(
+        wait_for(Duration::from_secs(5), || up.reads.load(Ordering::Relaxed)
+            >= reads + 2)
+        .await,
+        "the fill read it"
+    );
+    assert!(
+        !wait_for(Duration::from_secs(1), || lie_path.exists()).await,
+        "never cached"
+    );
+    assert_eq!(stats.blobs_cached.load(Ordering::Relaxed), 1);
+}

@@ -23,6 +23,8 @@ pub struct MemUpstream {
     pub delay: Option<Duration>,
     /// The next read at or past this offset fails (once).
     pub fail_once_at: Mutex<Option<u64>>,
+    /// Whether the server may cache what it reads here.
+    pub cacheable: bool,
 }
 
 impl MemUpstream {
@@ -79,7 +81,7 @@ impl Upstream for MemUpstream {
     }
 
     fn cacheable(&self) -> bool {
-        false
+        self.cacheable
     }
 }
 
