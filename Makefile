@@ -70,7 +70,7 @@ test-unit:
 
 ## fuzz: each fuzz target for FUZZ_SECONDS (cargo fuzz, nightly; see fuzz/README.md)
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := labels toc_region index_json oci_documents
+FUZZ_TARGETS := labels toc_region index_json oci_documents ctp96_frames
 fuzz:
 	@rustup toolchain list 2>/dev/null | grep -q '^nightly' || { echo "make fuzz needs a nightly toolchain (rustup toolchain install nightly)"; exit 1; }
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz

@@ -5,6 +5,7 @@
 //! * `status` — a terminal summary of a daemon's /metrics (see `status.rs`);
 //! * `uor` — UOR-IDs of files and images (see `uor.rs`);
 //! * `witness` — keys, signing, verification, the witness endpoint (see `witness.rs`);
+//! * `ctp96 serve` — a CTP-96 server over a registry or an OCI layout (see `ctp96.rs`);
 //! * `ping` — does a snapshotter answer on its socket;
 //! * `version`.
 
@@ -16,6 +17,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 mod convert;
+mod ctp96;
 mod progress;
 mod pull;
 mod record;
@@ -139,6 +141,12 @@ enum Command {
     },
     /// Summarise a running daemon from its /metrics endpoint
     Status(status::StatusArgs),
+    /// CTP-96: serve a registry or an OCI layout with sessions, leases and
+    /// batched, integrity-framed range reads
+    Ctp96 {
+        #[command(subcommand)]
+        cmd: ctp96::Ctp96Command,
+    },
     /// Check that a hologram-snapshotter answers on its socket, and count
     /// its snapshots
     Ping {
@@ -231,6 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Uor { cmd } => runtime()?.block_on(uor::run(cmd)),
         Command::Witness { cmd } => runtime()?.block_on(witness::run(cmd)),
         Command::Status(args) => runtime()?.block_on(status::run(args)),
+        Command::Ctp96 { cmd } => runtime()?.block_on(ctp96::run(cmd)),
         Command::Ping { socket } => runtime()?.block_on(ping(socket)),
     }
 }

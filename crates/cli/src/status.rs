@@ -412,7 +412,8 @@ fn human_duration(secs: f64) -> String {
 }
 
 fn count(v: f64) -> String {
-    format!("{v:.0}")
+    // An empty sum is -0.0: shown as 0.
+    format!("{:.0}", v + 0.0)
 }
 
 fn percent(part: f64, whole: f64) -> String {
@@ -545,6 +546,8 @@ pub fn render(e: &Exposition, url: &str, now: f64) -> String {
         }
     );
 
+    render_ctp96(e, &mut o);
+
     let _ = writeln!(o, "\nSnapshotter operations");
     let ops_name = "hologram_snapshotter_operations_total";
     let dur = "hologram_snapshotter_operation_duration_seconds";
@@ -614,6 +617,78 @@ pub fn render(e: &Exposition, url: &str, now: f64) -> String {
         );
     }
     o
+}
+
+/// `op=result value, ...` of the CTP-96 op `op`, non-zero only.
+fn ctp96_results(e: &Exposition, op: &str) -> Vec<(String, f64)> {
+    e.matching("hologram_ctp96_operations_total", &[("op", op)])
+        .filter(|s| s.value > 0.0)
+        .map(|s| (s.labels.get("result").cloned().unwrap_or_default(), s.value))
+        .collect()
+}
+
+fn list(items: &[(String, f64)]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items
+            .iter()
+            .map(|(k, v)| format!("{k} {}", count(*v)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The CTP-96 section, when the daemon has a CTP-96 endpoint (its op
+/// series exist) or fetched over it.
+fn render_ctp96(e: &Exposition, o: &mut String) {
+    let ops = "hologram_ctp96_operations_total";
+    let fetched = e.sum("hologram_fetched_bytes_total", &[("source", "ctp96")]);
+    if !e.has(ops) && fetched <= 0.0 {
+        return;
+    }
+    let _ = writeln!(o, "\nCTP-96");
+    let n = |op: &str, result: &str| e.sum(ops, &[("op", op), ("result", result)]);
+    let _ = writeln!(
+        o,
+        "  fetched                {} in {} batched reads ({} retried, {} failed)",
+        human_bytes(fetched),
+        count(n("fetch", "ok")),
+        count(n("fetch", "retry")),
+        count(n("fetch", "error"))
+    );
+    let lease = e.sum("hologram_lease_duration_seconds", &[]);
+    let _ = writeln!(
+        o,
+        "  sessions               {} opened, {} refused at the server's limit, {} renewals ({} failed, {} gone), lease {}",
+        count(n("session_open", "ok")),
+        count(n("session_open", "limit")),
+        count(n("session_renew", "ok")),
+        count(n("session_renew", "error")),
+        count(n("session_renew", "gone")),
+        if lease > 0.0 { human_duration(lease) } else { "-".into() }
+    );
+    let _ = writeln!(
+        o,
+        "  frames rejected        {}",
+        list(&ctp96_results(e, "frame_rejected"))
+    );
+    let _ = writeln!(
+        o,
+        "  registry fallbacks     {}",
+        list(&ctp96_results(e, "fallback"))
+    );
+    let hints = e.by_label("hologram_energy_hints", "hint");
+    if !hints.is_empty() {
+        let get = |k: &str| hints.get(k).copied().unwrap_or(f64::NAN);
+        let _ = writeln!(
+            o,
+            "  energy hints           load {:.2}, concurrency {}, chunk size {}",
+            get("load"),
+            count(get("concurrency")),
+            human_bytes(get("chunk_size"))
+        );
+    }
 }
 
 #[cfg(test)]
@@ -772,6 +847,54 @@ mod tests {
         );
         assert!(!out.contains("  view "), "{out}");
         assert!(out.contains("1 reads, 4.0 KiB returned"), "{out}");
+    }
+
+    #[test]
+    fn summary_of_ctp96_traffic() {
+        let m = busy_metrics();
+        for (op, r) in [
+            ("fetch", "ok"),
+            ("fetch", "retry"),
+            ("frame_rejected", "crc"),
+        ] {
+            m.declare_ctp96_op(op, r);
+        }
+        for _ in 0..5 {
+            m.ctp96_op("fetch", "ok");
+        }
+        m.ctp96_op("fetch", "retry");
+        m.ctp96_op("frame_rejected", "replay");
+        m.ctp96_op("session_open", "ok");
+        m.ctp96_op("session_renew", "ok");
+        m.ctp96_op("session_renew", "ok");
+        m.ctp96_op("fallback", "unreachable");
+        m.set_lease_duration(300.0);
+        m.set_energy_hint("load", 0.25);
+        m.set_energy_hint("concurrency", 6.0);
+        m.set_energy_hint("chunk_size", 8.0 * 1024.0 * 1024.0);
+        m.fuse_handles(&[]).fetch("ctp96", 0.1, 2 << 20, true);
+        let e = Exposition::parse(&m.encode()).unwrap();
+        let out = render(&e, DEFAULT_METRICS_URL, unix_now());
+        assert!(
+            out.contains("fetched                2.0 MiB in 5 batched reads (1 retried, 0 failed)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("sessions               1 opened, 0 refused at the server's limit, 2 renewals (0 failed, 0 gone), lease 5m 0s"),
+            "{out}"
+        );
+        assert!(out.contains("frames rejected        replay 1"), "{out}");
+        assert!(
+            out.contains("registry fallbacks     unreachable 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("energy hints           load 0.25, concurrency 6, chunk size 8.0 MiB"),
+            "{out}"
+        );
+        // a daemon without CTP-96 shows no such section
+        let plain = Exposition::parse(&Metrics::new().encode()).unwrap();
+        assert!(!render(&plain, DEFAULT_METRICS_URL, unix_now()).contains("CTP-96"));
     }
 
     #[test]

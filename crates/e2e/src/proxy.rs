@@ -18,6 +18,8 @@ struct Shared {
     /// Bytes from clients to the upstream.
     up: AtomicU64,
     connections: AtomicU64,
+    /// HTTP/1 request lines seen from clients (`GET /v2/... HTTP/1.1`).
+    requests: Mutex<Vec<String>>,
     /// Both ends of every connection, to cut them at stop.
     streams: Mutex<Vec<TcpStream>>,
 }
@@ -32,7 +34,42 @@ pub struct CountingProxy {
     accept: Option<JoinHandle<()>>,
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, counter: &AtomicU64, stop: &AtomicBool) {
+/// Collects HTTP/1 request lines from a client's byte stream.
+#[derive(Default)]
+struct RequestLines {
+    pending: Vec<u8>,
+}
+
+impl RequestLines {
+    fn feed(&mut self, data: &[u8], out: &Mutex<Vec<String>>) {
+        self.pending.extend_from_slice(data);
+        while let Some(i) = self.pending.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&self.pending[..i]).into_owned();
+            self.pending.drain(..i + 2);
+            let is_request = ["GET ", "HEAD ", "POST ", "PUT ", "PATCH ", "DELETE "]
+                .iter()
+                .any(|m| line.starts_with(m))
+                && (line.ends_with(" HTTP/1.1") || line.ends_with(" HTTP/1.0"));
+            if is_request {
+                if let Ok(mut v) = out.lock() {
+                    v.push(line);
+                }
+            }
+        }
+        if self.pending.len() > 16 * 1024 {
+            self.pending.clear(); // a body, not headers
+        }
+    }
+}
+
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    counter: &AtomicU64,
+    stop: &AtomicBool,
+    requests: Option<&Mutex<Vec<String>>>,
+) {
+    let mut lines = RequestLines::default();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         if stop.load(Ordering::Relaxed) {
@@ -45,6 +82,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, counter: &AtomicU64, stop: &Atom
         // Counted before forwarding: once the far side has the bytes (and
         // may answer, or the test may look), the count already includes them.
         counter.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(r) = requests {
+            lines.feed(&buf[..n], r);
+        }
         if to.write_all(&buf[..n]).is_err() {
             break;
         }
@@ -110,11 +150,11 @@ impl CountingProxy {
             let sh = Arc::clone(shared);
             let _ = std::thread::Builder::new()
                 .name("e2e-proxy-down".into())
-                .spawn(move || pump(server, client, &sh.down, &sh.stop));
+                .spawn(move || pump(server, client, &sh.down, &sh.stop, None));
             let sh = Arc::clone(shared);
             let _ = std::thread::Builder::new()
                 .name("e2e-proxy-up".into())
-                .spawn(move || pump(c2, s2, &sh.up, &sh.stop));
+                .spawn(move || pump(c2, s2, &sh.up, &sh.stop, Some(&sh.requests)));
         }
     }
 
@@ -135,6 +175,16 @@ impl CountingProxy {
     /// Bytes clients sent to the upstream so far.
     pub fn bytes_up(&self) -> u64 {
         self.shared.up.load(Ordering::Relaxed)
+    }
+
+    /// The HTTP/1 request lines clients sent so far, in order
+    /// (`GET /v2/e2e/x/blobs/sha256:... HTTP/1.1`).
+    pub fn requests(&self) -> Vec<String> {
+        self.shared
+            .requests
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
     }
 
     /// Connections accepted so far.
@@ -190,5 +240,20 @@ mod tests {
         assert_eq!(proxy.connections(), 1);
         proxy.stop();
         assert!(TcpStream::connect(proxy.addr()).is_err());
+    }
+
+    #[test]
+    fn records_request_lines() {
+        let mut r = RequestLines::default();
+        let out = Mutex::new(Vec::new());
+        r.feed(
+            b"GET /v2/a/blobs/sha256:1 HTTP/1.1\r\nHost: x\r\nRange: by",
+            &out,
+        );
+        r.feed(b"tes=0-1\r\n\r\nHEAD /v2/ HTTP/1.1\r\n\r\n", &out);
+        assert_eq!(
+            out.into_inner().unwrap(),
+            ["GET /v2/a/blobs/sha256:1 HTTP/1.1", "HEAD /v2/ HTTP/1.1"]
+        );
     }
 }

@@ -592,14 +592,40 @@ impl Layer {
             .iter()
             .take_while(|c| c.file_offset < end)
             .collect();
+        // The chunks of this read that are missing, fetched together: one
+        // round trip for a source that batches, even when cached chunks
+        // split them into several runs. Failures surface in the loop below.
+        // (Missing chunks in one run take the usual path, with read-around.)
+        let missing: Vec<usize> = wanted
+            .iter()
+            .filter(|c| !self.have(&c.digest) && self.recent_failure(c).is_none())
+            .filter_map(|c| self.pos_of(c))
+            .collect();
+        let split = missing.windows(2).any(|w| {
+            w[1] != w[0] + 1
+                || !matches!((self.chunk_at(w[0]), self.chunk_at(w[1])), (Some(a), Some(b)) if adjacent(a, b))
+        });
+        let mut counted: Vec<usize> = Vec::new();
+        if split {
+            for _ in &missing {
+                self.observer.cache_lookup(false);
+            }
+            let _ = self.fetch_positions(&missing, Purpose::Read);
+            counted = missing;
+        }
         let mut out = Vec::with_capacity((end - offset) as usize);
         for c in wanted {
             let from = offset.max(c.file_offset) - c.file_offset;
             let to = end.min(c.file_offset + c.size) - c.file_offset;
             let len = (to - from) as usize;
             let mut tries = 0;
+            // A chunk the batch above brought in was counted there.
+            let mut fetched = self.pos_of(c).is_some_and(|p| counted.contains(&p));
             loop {
-                self.ensure(c, Purpose::Read)?;
+                if !(fetched && self.have(&c.digest)) {
+                    self.ensure(c, Purpose::Read)?;
+                }
+                fetched = false;
                 if self.copy_chunk(&c.digest, from, len, &mut out)? {
                     break;
                 }
@@ -799,7 +825,7 @@ impl Layer {
                 mine.push((p, f));
             }
         }
-        let mut errors = Vec::new();
+        let mut runs: Vec<&[(usize, Arc<Flight>)]> = Vec::new();
         let mut i = 0;
         while i < mine.len() {
             // a run of blob-contiguous chunks within max_request
@@ -815,26 +841,46 @@ impl Layer {
                 }
                 j += 1;
             }
-            errors.extend(self.fetch_run(&mine[i..j], purpose));
+            runs.push(&mine[i..j]);
             i = j;
         }
-        errors
+        match runs.as_slice() {
+            [] => Vec::new(),
+            [run] => self.fetch_run(run, purpose),
+            // Several runs: one read_ranges call, one round trip for a
+            // source that batches (CTP-96).
+            _ => self.fetch_runs(&runs, purpose),
+        }
     }
 
     /// Fetches `range` of the blob, bounded by `fetch_timeout`, and accounts
     /// for it. Exactly `range.len()` bytes or the reason why not.
     fn fetch_range(&self, range: Range<u64>, purpose: Purpose) -> Result<bytes::Bytes, String> {
-        let len = range.end - range.start;
+        let mut v = self.fetch_ranges(std::slice::from_ref(&range), purpose)?;
+        v.pop().ok_or_else(|| "no data".to_owned())
+    }
+
+    /// Fetches `ranges` of the blob with one `read_ranges` call, bounded by
+    /// `fetch_timeout`, and accounts for them. Exactly the bytes of every
+    /// range, or the reason why not.
+    fn fetch_ranges(
+        &self,
+        ranges: &[Range<u64>],
+        purpose: Purpose,
+    ) -> Result<Vec<bytes::Bytes>, String> {
+        let len: u64 = ranges.iter().map(|r| r.end - r.start).sum();
         let _demand = (purpose == Purpose::Read).then(|| self.gate.demand());
         let t = Instant::now();
         let res = self.rt.block_on(async {
-            tokio::time::timeout(
-                self.cfg.fetch_timeout,
-                self.source.read_at(range.start, len),
-            )
-            .await
+            tokio::time::timeout(self.cfg.fetch_timeout, self.source.read_ranges(ranges)).await
         });
-        let ok = matches!(&res, Ok(Ok(d)) if d.len() as u64 == len);
+        let exact = |d: &Vec<bytes::Bytes>| {
+            d.len() == ranges.len()
+                && d.iter()
+                    .zip(ranges)
+                    .all(|(b, r)| b.len() as u64 == r.end - r.start)
+        };
+        let ok = matches!(&res, Ok(Ok(d)) if exact(d));
         self.observer.fetch(
             self.source_kind(),
             t.elapsed().as_secs_f64(),
@@ -842,14 +888,20 @@ impl Layer {
             ok,
         );
         let data = match res {
-            Ok(Ok(d)) if d.len() as u64 == len => d,
+            Ok(Ok(d)) if exact(&d) => d,
             other => {
                 let msg = match other {
-                    Ok(Ok(d)) => format!("short read: {} of {len} bytes", d.len()),
+                    Ok(Ok(d)) => format!(
+                        "short read: {} bytes in {} pieces, asked for {len} in {}",
+                        d.iter().map(|b| b.len()).sum::<usize>(),
+                        d.len(),
+                        ranges.len()
+                    ),
                     Ok(Err(e)) => e.to_string(),
                     Err(_) => format!("no answer within {:?}", self.cfg.fetch_timeout),
                 };
-                tracing::warn!(layer = %self.digest(), offset = range.start, len, error = %msg, "fetch failed");
+                let offset = ranges.first().map_or(0, |r| r.start);
+                tracing::warn!(layer = %self.digest(), offset, len, ranges = ranges.len(), error = %msg, "fetch failed");
                 return Err(msg);
             }
         };
@@ -867,34 +919,77 @@ impl Layer {
         Ok(data)
     }
 
+    /// The blob range a run of chunks covers.
+    fn run_range(&self, run: &[(usize, Arc<Flight>)]) -> Option<Range<u64>> {
+        let first = self.chunk_at(run.first()?.0)?;
+        let last = self.chunk_at(run.last()?.0)?;
+        Some(first.blob_offset..last.blob_offset + last.blob_len)
+    }
+
     /// Fetches one contiguous run; returns the errors by position.
     fn fetch_run(&self, run: &[(usize, Arc<Flight>)], purpose: Purpose) -> Vec<(usize, ReadError)> {
-        let chunks: Vec<&Chunk> = run.iter().filter_map(|(p, _)| self.chunk_at(*p)).collect();
-        let (Some(first), Some(last)) = (chunks.first(), chunks.last()) else {
+        let Some(range) = self.run_range(run) else {
             return Vec::new();
         };
-        let range: Range<u64> = first.blob_offset..last.blob_offset + last.blob_len;
         match self.fetch_range(range.clone(), purpose) {
             Ok(data) => self.deliver(run, &data, range.start),
-            Err(msg) => {
-                for (p, _) in run {
-                    if let Some(c) = self.chunk_at(*p) {
-                        self.remember_failure(c, &msg);
-                    }
-                }
-                self.complete(run, Err(msg.clone()));
-                run.iter()
-                    .map(|(p, _)| {
-                        let e = ReadError::Fetch {
-                            layer: self.digest().to_string(),
-                            what: format!("bytes {}..{}", range.start, range.end),
-                            msg: msg.clone(),
-                        };
-                        (*p, e)
-                    })
-                    .collect()
+            Err(msg) => self.fail_run(run, &range, &msg),
+        }
+    }
+
+    /// Fetches several runs with one `read_ranges` call; returns the errors
+    /// by position.
+    fn fetch_runs(
+        &self,
+        runs: &[&[(usize, Arc<Flight>)]],
+        purpose: Purpose,
+    ) -> Vec<(usize, ReadError)> {
+        let ranges: Vec<Range<u64>> = runs.iter().filter_map(|r| self.run_range(r)).collect();
+        if ranges.len() != runs.len() {
+            return runs
+                .iter()
+                .flat_map(|r| self.fetch_run(r, purpose))
+                .collect();
+        }
+        match self.fetch_ranges(&ranges, purpose) {
+            Ok(datas) => runs
+                .iter()
+                .zip(&ranges)
+                .zip(&datas)
+                .flat_map(|((run, range), data)| self.deliver(run, data, range.start))
+                .collect(),
+            Err(msg) => runs
+                .iter()
+                .zip(&ranges)
+                .flat_map(|(run, range)| self.fail_run(run, range, &msg))
+                .collect(),
+        }
+    }
+
+    /// Records a failed fetch of `run` and wakes its waiters; the errors by
+    /// position.
+    fn fail_run(
+        &self,
+        run: &[(usize, Arc<Flight>)],
+        range: &Range<u64>,
+        msg: &str,
+    ) -> Vec<(usize, ReadError)> {
+        for (p, _) in run {
+            if let Some(c) = self.chunk_at(*p) {
+                self.remember_failure(c, msg);
             }
         }
+        self.complete(run, Err(msg.to_owned()));
+        run.iter()
+            .map(|(p, _)| {
+                let e = ReadError::Fetch {
+                    layer: self.digest().to_string(),
+                    what: format!("bytes {}..{}", range.start, range.end),
+                    msg: msg.to_owned(),
+                };
+                (*p, e)
+            })
+            .collect()
     }
 
     /// Decompresses, verifies and caches the claimed chunks of `run` from

@@ -19,6 +19,9 @@ use crate::observer::NoObserver;
 struct FakeBlob {
     data: Vec<u8>,
     requests: AtomicU64,
+    /// `read_ranges` calls and the number of ranges of the last one.
+    batches: AtomicU64,
+    last_batch: AtomicU64,
     hang: AtomicBool,
     fail: AtomicBool,
     corrupt_at: AtomicU64, // flip this byte offset if != u64::MAX
@@ -52,6 +55,18 @@ impl BlobSource for FakeBlob {
             v[(c - offset) as usize] ^= 0xff;
         }
         Ok(bytes::Bytes::from(v))
+    }
+    async fn read_ranges(
+        &self,
+        ranges: &[std::ops::Range<u64>],
+    ) -> Result<Vec<bytes::Bytes>, SourceError> {
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        self.last_batch.store(ranges.len() as u64, Ordering::SeqCst);
+        let mut out = Vec::new();
+        for r in ranges {
+            out.push(self.read_at(r.start, r.end - r.start).await?);
+        }
+        Ok(out)
     }
 }
 
@@ -115,6 +130,8 @@ fn layer(
     let src = Arc::new(FakeBlob {
         data,
         requests: AtomicU64::new(0),
+        batches: AtomicU64::new(0),
+        last_batch: AtomicU64::new(0),
         hang: AtomicBool::new(false),
         fail: AtomicBool::new(false),
         corrupt_at: AtomicU64::new(u64::MAX),
@@ -167,6 +184,24 @@ fn reads_across_chunks_are_exact() {
     assert_eq!(tail, a[300 * 1024 - 5..]);
     assert!(l.read(i, 300 * 1024, 10).unwrap().is_empty());
     assert_eq!(l.read(ino(&l, "b"), 0, 100).unwrap(), b"hello");
+}
+
+#[test]
+fn missing_chunks_split_by_a_cached_one_are_fetched_in_one_batch() {
+    let (_d, src, l, a, _rt) = layer(quiet());
+    let i = ino(&l, "a");
+    // the middle chunk first
+    assert_eq!(
+        l.read(i, 128 * 1024, 10).unwrap(),
+        a[128 * 1024..128 * 1024 + 10]
+    );
+    assert_eq!(src.batches.load(Ordering::SeqCst), 1);
+    // a read over all three: chunks 0 and 2 are missing, in two runs, and
+    // go to the source in one read_ranges call
+    let all = l.read(i, 0, 300 * 1024).unwrap();
+    assert_eq!(all, a);
+    assert_eq!(src.batches.load(Ordering::SeqCst), 2, "one more call");
+    assert_eq!(src.last_batch.load(Ordering::SeqCst), 2, "of two ranges");
 }
 
 #[test]
@@ -314,6 +349,8 @@ fn checked_layer(cfg: LayerConfig, claimed: impl FnOnce(LayerDigests) -> LayerDi
     let src = Arc::new(FakeBlob {
         data,
         requests: AtomicU64::new(0),
+        batches: AtomicU64::new(0),
+        last_batch: AtomicU64::new(0),
         hang: AtomicBool::new(false),
         fail: AtomicBool::new(false),
         corrupt_at: AtomicU64::new(u64::MAX),

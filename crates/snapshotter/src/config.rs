@@ -39,6 +39,55 @@ pub struct FileConfig {
     /// Restarts that running containers do not notice.
     #[serde(default)]
     pub restart: RestartSection,
+    /// The CTP-96 transport.
+    #[serde(default)]
+    pub ctp96: Ctp96Section,
+}
+
+/// `[ctp96]`: layer bytes over a CTP-96 endpoint (docs/ctp96.md).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ctp96Section {
+    /// `auto` (CTP-96 when an endpoint is set, the registry behind it),
+    /// `ctp96` (CTP-96 only) or `registry` (`HOLOGRAM_NET`).
+    pub network: crate::ctp96::Net,
+    /// Base URL, e.g. `http://127.0.0.1:8096` (`HOLOGRAM_CTP96_ENDPOINT`).
+    pub endpoint: Option<String>,
+    /// Bound on one HTTP exchange with the endpoint.
+    pub request_timeout_secs: u64,
+    /// Extra attempts after a response that failed or was rejected.
+    pub retries: u32,
+    /// In `auto`: how long an unreachable endpoint is skipped (reads go to
+    /// the registry) before it is tried again.
+    pub fallback_secs: u64,
+}
+
+impl Default for Ctp96Section {
+    fn default() -> Self {
+        Ctp96Section {
+            network: crate::ctp96::Net::Auto,
+            endpoint: None,
+            request_timeout_secs: 10,
+            retries: 3,
+            fallback_secs: 30,
+        }
+    }
+}
+
+impl Ctp96Section {
+    /// The environment's overrides (`HOLOGRAM_NET`, `HOLOGRAM_CTP96_ENDPOINT`);
+    /// an unknown `HOLOGRAM_NET` is an error.
+    pub fn with_env(mut self) -> anyhow::Result<Self> {
+        if let Ok(v) = std::env::var("HOLOGRAM_NET") {
+            self.network = crate::ctp96::Net::parse(&v).map_err(anyhow::Error::msg)?;
+        }
+        if let Ok(ep) = std::env::var("HOLOGRAM_CTP96_ENDPOINT") {
+            if !ep.trim().is_empty() {
+                self.endpoint = Some(ep.trim().to_owned());
+            }
+        }
+        Ok(self)
+    }
 }
 
 /// `[restart]`: keeping FUSE connections and the gRPC socket alive while the
@@ -270,6 +319,7 @@ pub struct Config {
     pub remote: RemoteSection,
     pub trust: TrustSection,
     pub restart: RestartSection,
+    pub ctp96: Ctp96Section,
 }
 
 impl Config {
@@ -297,6 +347,7 @@ impl Config {
             remote: file.remote,
             trust: file.trust,
             restart: file.restart.with_env(),
+            ctp96: file.ctp96,
         }
     }
 }
@@ -341,6 +392,17 @@ mod tests {
         std::fs::write(&p, "[remote]\nprefetch = false\ncache_size_mb = 3\n").unwrap();
         let e = format!("{:#}", FileConfig::load(&p, true).unwrap_err());
         assert!(e.contains("cache_size_mb"), "{e}");
+        std::fs::write(
+            &p,
+            "[ctp96]\nnetwork = \"ctp96\"\nendpoint = \"http://127.0.0.1:8096\"\n",
+        )
+        .unwrap();
+        let f = FileConfig::load(&p, true).unwrap();
+        assert_eq!(f.ctp96.network, crate::ctp96::Net::Ctp96);
+        assert_eq!(f.ctp96.endpoint.as_deref(), Some("http://127.0.0.1:8096"));
+        assert_eq!(f.ctp96.retries, 3, "unset keys keep their defaults");
+        std::fs::write(&p, "[ctp96]\nnetwork = \"p2p\"\n").unwrap();
+        assert!(FileConfig::load(&p, true).is_err());
         std::fs::write(&p, "[remote]\nprefetch = false\n").unwrap();
         let f = FileConfig::load(&p, true).unwrap();
         assert!(!f.remote.prefetch);

@@ -11,6 +11,8 @@
 //! * `remote.rs` — remote snapshots: mounting a planned layer through
 //!   `hologram-fs` (whose `LayerFs::read` is where read(2) lands), its check,
 //!   restoring mounts after a restart;
+//! * `ctp96.rs` — which transport layer bytes come over (`HOLOGRAM_NET`):
+//!   the registry, CTP-96, or CTP-96 with the registry behind it;
 //! * `trust.rs` — the witness check of an image before its layers are used;
 //! * `mounts.rs` — the mounts handed back to containerd;
 //! * `fdstore/` — handing FUSE connections and the listening socket to a
@@ -22,6 +24,7 @@
 
 pub mod alloc;
 pub mod config;
+pub mod ctp96;
 pub mod daemon;
 pub mod disk_usage;
 pub mod fdstore;

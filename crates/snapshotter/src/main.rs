@@ -143,6 +143,7 @@ async fn serve(cfg: Config, metrics_addr: Option<SocketAddr>) -> anyhow::Result<
             cfg.root.clone(),
             {
                 let mut rc = remote_config(&cfg.remote.clone().with_env());
+                rc.ctp96 = ctp96_config(&cfg)?;
                 // Passthrough fixes inode I/O modes a successor could not
                 // know (docs/RELIABILITY.md): not with handover.
                 rc.layer.passthrough = !cfg.restart.handover;
@@ -354,7 +355,21 @@ fn remote_config(r: &RemoteSection) -> RemoteConfig {
         fuse_threads: r.fuse_threads.max(1),
         max_toc_entries: r.max_toc_entries.max(1),
         index_budget: r.index_memory_mib.saturating_mul(mib),
+        ctp96: Default::default(),
     }
+}
+
+/// `[ctp96]` with the environment's overrides.
+fn ctp96_config(cfg: &Config) -> anyhow::Result<hologram_snapshotter::ctp96::Ctp96Config> {
+    let c = cfg.ctp96.clone().with_env()?;
+    Ok(hologram_snapshotter::ctp96::Ctp96Config {
+        net: c.network,
+        endpoint: c.endpoint,
+        request_timeout: Duration::from_secs(c.request_timeout_secs.max(1)),
+        fetch_timeout: Duration::from_secs(cfg.remote.fetch_timeout_secs.max(1)),
+        retries: c.retries,
+        fallback_for: Duration::from_secs(c.fallback_secs),
+    })
 }
 
 fn init_logging(level: &str) -> anyhow::Result<()> {

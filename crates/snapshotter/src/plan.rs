@@ -189,6 +189,8 @@ pub struct Images {
     client: RegistryClient,
     rt: tokio::runtime::Handle,
     cache: Mutex<HashMap<Digest, (Instant, Arc<ImageFacts>)>>,
+    /// Manifests (by digest) and configs over CTP-96 (`crate::ctp96`).
+    ctp96: Option<crate::ctp96::ImagesOverCtp96>,
 }
 
 impl std::fmt::Debug for Images {
@@ -203,7 +205,15 @@ impl Images {
             client,
             rt,
             cache: Mutex::new(HashMap::new()),
+            ctp96: None,
         }
+    }
+
+    /// Reads manifests named by digest, and configs, over CTP-96 when
+    /// layers come over it.
+    pub fn with_ctp96(mut self, c: Option<crate::ctp96::ImagesOverCtp96>) -> Images {
+        self.ctp96 = c;
+        self
     }
 
     /// The facts of `image` (by `manifest` digest when given, else its tag
@@ -241,6 +251,15 @@ impl Images {
         image: &Reference,
         manifest: Option<&Digest>,
     ) -> Result<ImageFacts, ImageError> {
+        if let (Some(c), Some(d)) = (&self.ctp96, manifest) {
+            match crate::ctp96::image_facts(&c.client, image, d, MAX_CONFIG).await {
+                Ok(f) => return Ok(f),
+                Err(e) if c.fallback => {
+                    tracing::warn!(image = %image, error = %e, "CTP-96 did not serve the manifest and config: reading them from the registry (HOLOGRAM_NET=auto)");
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let name = image.to_string();
         let classify = |e: hologram_remote::Error| {
             match e {

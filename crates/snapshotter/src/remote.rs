@@ -51,6 +51,8 @@ pub struct RemoteConfig {
     pub max_toc_entries: usize,
     /// Most index memory of all mounted layers together, bytes.
     pub index_budget: u64,
+    /// The transport (`HOLOGRAM_NET`, `[ctp96]`).
+    pub ctp96: crate::ctp96::Ctp96Config,
 }
 
 /// Why a layer is not served lazily: a short category (a metric label) and
@@ -140,6 +142,8 @@ type StoreSlot = Arc<Mutex<Option<Arc<MetaStore>>>>;
 pub struct RemoteLayers {
     cfg: RemoteConfig,
     client: RegistryClient,
+    /// Registry or CTP-96, per layer.
+    sources: crate::ctp96::Sources,
     cache: Arc<ChunkCache>,
     rt: tokio::runtime::Handle,
     toc_dir: PathBuf,
@@ -185,9 +189,12 @@ impl RemoteLayers {
             .with_context(|| format!("cannot create {}", toc_dir.display()))?;
         let client = RegistryClient::new(cfg.registry.clone())
             .context("cannot set up the registry client")?;
+        let sources = crate::ctp96::Sources::new(&cfg.ctp96, metrics.clone())
+            .context("cannot set up the CTP-96 transport")?;
         Ok(RemoteLayers {
             cfg,
             client,
+            sources,
             cache: Arc::new(cache),
             rt,
             toc_dir,
@@ -250,6 +257,27 @@ impl RemoteLayers {
         }
     }
 
+    /// How the layer plans read manifests and configs over CTP-96, when
+    /// layers come over it.
+    pub fn ctp96_for_images(&self) -> Option<crate::ctp96::ImagesOverCtp96> {
+        self.sources.for_images()
+    }
+
+    /// The provenance labels of the transport: `hologram.network` and,
+    /// with a CTP-96 session open, `hologram.ctp96_session` and
+    /// `hologram.lease_id`.
+    pub fn transport_labels(&self) -> BTreeMap<String, String> {
+        let mut l = BTreeMap::from([(
+            crate::trust::LABEL_NETWORK.to_owned(),
+            self.sources.describe().to_owned(),
+        )]);
+        if let Some((session, lease)) = self.sources.client().and_then(|c| c.session()) {
+            l.insert(crate::trust::LABEL_CTP96_SESSION.to_owned(), session);
+            l.insert(crate::trust::LABEL_LEASE_ID.to_owned(), lease);
+        }
+        l
+    }
+
     /// The registry client (shared with the layer plans).
     pub fn client(&self) -> &RegistryClient {
         &self.client
@@ -306,7 +334,10 @@ impl RemoteLayers {
         self.mount_served(id, name, &served, mountpoint)?;
         let mut l = BTreeMap::new();
         l.insert(labels::REMOTE.to_owned(), labels::REMOTE_VALUE.to_owned());
-        l.insert(labels::HOLOGRAM_SOURCE.to_owned(), "registry".to_owned());
+        l.insert(
+            labels::HOLOGRAM_SOURCE.to_owned(),
+            self.sources.describe().to_owned(),
+        );
         l.insert(labels::HOLOGRAM_LAYER.to_owned(), served.layer.to_string());
         l.insert(labels::HOLOGRAM_TOC.to_owned(), served.toc.to_string());
         l.insert(
@@ -343,7 +374,7 @@ impl RemoteLayers {
                 "remote snapshots are disabled in the configuration",
             ));
         }
-        let source: Arc<dyn BlobSource> = Arc::new(RegistryBlob::new(
+        let source: Arc<dyn BlobSource> = self.sources.source(RegistryBlob::new(
             self.client.clone(),
             served.image.clone(),
             served.layer,

@@ -147,6 +147,7 @@ impl Snapshotter {
         let images = remote.as_ref().map(|r| {
             r.attach_store(Arc::clone(&store));
             Images::new(r.client().clone(), tokio::runtime::Handle::current())
+                .with_ctp96(r.ctp96_for_images())
         });
         let sn = Snapshotter {
             root: root.to_owned(),
@@ -327,6 +328,10 @@ impl Snapshotter {
         };
         let mut commit_labels = labels;
         commit_labels.extend(extra);
+        if commit_labels.contains_key(crate::trust::LABEL_NETWORK) {
+            // Provenance (HOLOGRAM_VERBOSE): the transport the bytes came over.
+            commit_labels.extend(remote.transport_labels());
+        }
         match self
             .store
             .write(|t| t.commit(key, &name, Usage::default(), commit_labels))

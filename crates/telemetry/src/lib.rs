@@ -819,6 +819,12 @@ impl Metrics {
             .inc();
     }
 
+    /// Creates the series of a CTP-96 operation with the value 0, so a
+    /// scrape shows it before it first happens.
+    pub fn declare_ctp96_op(&self, op: &str, result: &str) {
+        seed(&self.ctp96_ops, &OpResult::new(op, result));
+    }
+
     /// One chunk cache lookup.
     pub fn cache_lookup(&self, hit: bool) {
         let result = if hit { "hit" } else { "miss" };

@@ -14,7 +14,7 @@ use hologram_snapshotter::fdstore::holder::{self, HolderOptions};
 #[derive(Parser, Debug)]
 #[command(name = "hologram-fdstore", version)]
 struct Args {
-    /// Unix socket to serve on (the daemon uses <root>/fdstore.sock)
+    /// Unix socket to serve on (the daemon uses `<root>/fdstore.sock`)
     #[arg(long)]
     socket: PathBuf,
     /// Seconds without any daemon connected after which the held FUSE
