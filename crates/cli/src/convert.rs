@@ -1,9 +1,12 @@
 //! `hologram convert SRC DST`: rewrite an image's layers into eStargz and
 //! push the result, so an image can be lazily pulled with no other tool.
 //!
-//! Per layer ([`convert_layer`]): download (in pieces, to a temporary file,
-//! digest checked) → decompress (gzip or plain tar) →
-//! `hologram_estargz::convert` → push. Then ([`push_image`]) a new config (new
+//! Per layer: download ([`download_layer`]: in pieces, to a temporary file,
+//! digest checked) → decompress (gzip or plain tar) and
+//! `hologram_estargz::convert` ([`convert_file`]) → push ([`push_layer`]).
+//! With `--record`, a first conversion is mounted and run
+//! ([`crate::record`]) to learn the order of the files the workload opens,
+//! and the layers are converted again with those files first. Then ([`push_image`]) a new config (new
 //! diff IDs: an eStargz tar carries its TOC and landmark entries) and an OCI
 //! manifest whose layers carry the TOC-digest and uncompressed-size
 //! annotations that snapshotters read.
