@@ -152,6 +152,8 @@ pub struct LayerStats {
     /// Uncompressed bytes returned to readers.
     pub bytes_served: AtomicU64,
     pub verify_failures: AtomicU64,
+    /// Compressed bytes fetched for readers (on demand).
+    pub demand_bytes: AtomicU64,
     /// Compressed bytes fetched by prefetch / background fetch.
     pub prefetched_bytes: AtomicU64,
     pub background_bytes: AtomicU64,
@@ -914,7 +916,7 @@ impl Layer {
                 .stats
                 .background_bytes
                 .fetch_add(len, Ordering::Relaxed),
-            Purpose::Read => 0,
+            Purpose::Read => self.stats.demand_bytes.fetch_add(len, Ordering::Relaxed),
         };
         Ok(data)
     }

@@ -8,7 +8,10 @@
 //! * Gauges that describe the daemon's state (mounted layers, cache use, ...)
 //!   are read at scrape time through a callback ([`Metrics::set_collector`]).
 //! * [`serve`] (or [`bind`] + [`serve_on`]) answers `/metrics` in the
-//!   Prometheus text format 0.0.4 and `/healthz` from a health callback.
+//!   Prometheus text format 0.0.4 and `/healthz` from a health callback,
+//!   and the node's web page (`/`, its script and style) with the JSON API
+//!   behind it ([`api::NodeState`] at [`api::NODE_PATH`]), which the daemon
+//!   fills in at request time through [`Metrics::set_node_collector`].
 //!
 //! Labels are kept to small fixed sets: label values are checked by
 //! [`label_value`] and anything unexpected (too long, odd characters — a
@@ -16,7 +19,8 @@
 
 #![forbid(unsafe_code)]
 
-use std::sync::{Arc, RwLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder};
@@ -27,9 +31,12 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+pub mod api;
 mod process;
 mod server;
+mod ui;
 
+pub use process::unix_now;
 pub use server::{
     bind, parse_listen, serve, serve_on, HealthCheck, TelemetryError, DEFAULT_METRICS_ADDRESS,
 };
@@ -290,6 +297,7 @@ pub struct GaugeSnapshot {
 }
 
 type CollectFn = Box<dyn Fn(&mut GaugeSnapshot) + Send + Sync>;
+type NodeFn = Box<dyn Fn(&mut api::NodeState) + Send + Sync>;
 
 /// The scrape-time part: the daemon's gauges and the process metrics.
 struct StateCollector {
@@ -447,6 +455,19 @@ pub struct Metrics {
     fallbacks: Family<ReasonLabel, Counter>,
     energy_hints: Family<HintLabel, FloatGauge>,
     lease_duration: FloatGauge,
+    /// What the JSON API reads that the families cannot list: the
+    /// snapshotter operations by result, the CTP-96 series, the hints.
+    tally: Mutex<Tally>,
+    node: RwLock<Option<NodeFn>>,
+    start_time: f64,
+}
+
+/// See [`Metrics::tally`].
+#[derive(Debug, Default)]
+struct Tally {
+    ops: BTreeMap<String, api::OpCount>,
+    ctp96: BTreeMap<String, Counter>,
+    hints: BTreeMap<String, f64>,
 }
 
 /// Registers a counter family and seeds the label sets known in advance.
@@ -677,9 +698,10 @@ impl Metrics {
             lease_duration.clone(),
         );
         let collector: Arc<RwLock<Option<CollectFn>>> = Arc::new(RwLock::new(None));
+        let start_time = process::start_time_seconds();
         r.register_collector(Box::new(StateCollector {
             callback: Arc::clone(&collector),
-            start_time: process::start_time_seconds(),
+            start_time,
         }));
         Arc::new(Metrics {
             registry: r,
@@ -701,7 +723,16 @@ impl Metrics {
             fallbacks: checks.fallbacks,
             energy_hints,
             lease_duration,
+            tally: Mutex::new(Tally::default()),
+            node: RwLock::new(None),
+            start_time,
         })
+    }
+
+    fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
+        self.tally
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// One snapshotter gRPC operation: `op` is the method (`prepare`,
@@ -716,6 +747,13 @@ impl Metrics {
                 op: label_value(op).to_owned(),
             })
             .observe(seconds);
+        let mut t = self.tally();
+        let c = t.ops.entry(label_value(op).to_owned()).or_default();
+        if result == RESULT_OK {
+            c.ok += 1;
+        } else {
+            c.errors += 1;
+        }
     }
 
     /// Pre-resolved metric handles for the FUSE read path: updating them is
@@ -814,15 +852,24 @@ impl Metrics {
 
     /// One CTP-96 operation.
     pub fn ctp96_op(&self, op: &str, result: &str) {
-        self.ctp96_ops
-            .get_or_create(&OpResult::new(op, result))
-            .inc();
+        self.ctp96_counter(op, result).inc();
+    }
+
+    /// The counter of a CTP-96 series, remembered for the JSON API.
+    fn ctp96_counter(&self, op: &str, result: &str) -> Counter {
+        let labels = OpResult::new(op, result);
+        let key = format!("{}/{}", labels.op, labels.result);
+        let mut t = self.tally();
+        t.ctp96
+            .entry(key)
+            .or_insert_with(|| self.ctp96_ops.get_or_create(&labels).clone())
+            .clone()
     }
 
     /// Creates the series of a CTP-96 operation with the value 0, so a
     /// scrape shows it before it first happens.
     pub fn declare_ctp96_op(&self, op: &str, result: &str) {
-        seed(&self.ctp96_ops, &OpResult::new(op, result));
+        drop(self.ctp96_counter(op, result));
     }
 
     /// One chunk cache lookup.
@@ -867,11 +914,11 @@ impl Metrics {
 
     /// Sets the energy hint gauge `hint`.
     pub fn set_energy_hint(&self, hint: &str, value: f64) {
+        let hint = label_value(hint).to_owned();
         self.energy_hints
-            .get_or_create(&HintLabel {
-                hint: label_value(hint).to_owned(),
-            })
+            .get_or_create(&HintLabel { hint: hint.clone() })
             .set(value);
+        self.tally().hints.insert(hint, value);
     }
 
     /// Sets the lease duration gauge.
@@ -888,6 +935,112 @@ impl Metrics {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         *guard = Some(f);
+    }
+
+    /// Installs the callback that fills in the daemon's part of the JSON
+    /// API ([`api::NodeState`]: images, layers, cache use, the CTP-96
+    /// session, warnings, throughput) at each request; it replaces any
+    /// previous one. Like the collector it runs on the request's task: it
+    /// should read state, not do I/O.
+    pub fn set_node_collector(&self, f: Box<dyn Fn(&mut api::NodeState) + Send + Sync>) {
+        let mut guard = self
+            .node
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *guard = Some(f);
+    }
+
+    /// Total compressed bytes fetched from remote sources (registry and
+    /// CTP-96) since start.
+    pub fn fetched_bytes_total(&self) -> u64 {
+        ["registry", "ctp96"]
+            .iter()
+            .map(|s| {
+                self.fetched_bytes
+                    .get_or_create(&SourceLabel {
+                        source: (*s).to_owned(),
+                    })
+                    .get()
+            })
+            .sum()
+    }
+
+    /// Total bytes FUSE reads returned since start.
+    pub fn read_bytes_total(&self) -> u64 {
+        self.fuse_read_bytes.get()
+    }
+
+    /// The node's state for the JSON API: what this registry counts, then
+    /// the daemon's part (its callback).
+    pub fn node_state(&self) -> api::NodeState {
+        let result = |r: &str| ResultLabel {
+            result: r.to_owned(),
+        };
+        let mut s = api::NodeState {
+            api_version: api::API_VERSION,
+            ..api::NodeState::default()
+        };
+        let now = process::unix_now();
+        s.generated_at = now;
+        s.uptime_seconds = (now - self.start_time).max(0.0);
+        s.resident_bytes = process::resident();
+        for src in ["registry", "ctp96"] {
+            let label = SourceLabel {
+                source: src.to_owned(),
+            };
+            s.transfer.fetched_bytes.insert(
+                src.to_owned(),
+                self.fetched_bytes.get_or_create(&label).get(),
+            );
+            let errors = self
+                .remote_fetches
+                .get_or_create(&SourceResult {
+                    source: src.to_owned(),
+                    result: RESULT_ERROR.to_owned(),
+                })
+                .get();
+            s.transfer.fetch_errors.insert(src.to_owned(), errors);
+        }
+        s.transfer.read_bytes = self.fuse_read_bytes.get();
+        let hits = self.cache_requests.get_or_create(&result("hit")).get();
+        let misses = self.cache_requests.get_or_create(&result("miss")).get();
+        s.cache.hits = hits;
+        s.cache.misses = misses;
+        s.cache.hit_ratio = (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64);
+        s.checks.chunk_verification_failures = self.verification_failures.get();
+        s.checks.layers_verified = self.layer_checks.get_or_create(&result("verified")).get();
+        s.checks.layers_bad = self.layer_checks.get_or_create(&result("bad")).get();
+        for reason in FALLBACK_REASONS {
+            let n = self
+                .fallbacks
+                .get_or_create(&ReasonLabel {
+                    reason: (*reason).to_owned(),
+                })
+                .get();
+            if n > 0 {
+                s.checks.fallbacks.insert((*reason).to_owned(), n);
+            }
+        }
+        {
+            let t = self.tally();
+            s.operations = t.ops.clone();
+            if !t.ctp96.is_empty() {
+                s.ctp96 = Some(api::Ctp96State {
+                    lease_seconds: self.lease_duration.get(),
+                    hints: t.hints.clone(),
+                    operations: t.ctp96.iter().map(|(k, c)| (k.clone(), c.get())).collect(),
+                    ..api::Ctp96State::default()
+                });
+            }
+        }
+        let guard = self
+            .node
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(f) = guard.as_ref() {
+            f(&mut s);
+        }
+        s
     }
 
     /// The exposition text (Prometheus text format 0.0.4, [`CONTENT_TYPE`]).

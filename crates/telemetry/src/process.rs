@@ -73,6 +73,20 @@ pub(crate) fn sample() -> ProcessSample {
     }
 }
 
+/// Now, in seconds since the Unix epoch.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The resident memory of this process, bytes (0 when `/proc` does not
+/// tell).
+pub(crate) fn resident() -> u64 {
+    resident_bytes().unwrap_or(0)
+}
+
 /// The process's start time in seconds since the Unix epoch (boot time +
 /// start ticks), or now when `/proc` does not tell.
 pub(crate) fn start_time_seconds() -> f64 {
@@ -82,12 +96,7 @@ pub(crate) fn start_time_seconds() -> f64 {
         let btime = boot_time()?;
         Some(btime as f64 + ticks as f64 / clock_ticks() as f64)
     };
-    from_proc().unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0)
-    })
+    from_proc().unwrap_or_else(unix_now)
 }
 
 #[cfg(test)]

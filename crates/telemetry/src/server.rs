@@ -11,7 +11,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 
-use crate::{Metrics, CONTENT_TYPE};
+use crate::{ui, Metrics, CONTENT_TYPE};
 
 /// Where the endpoint listens unless configured otherwise: loopback only.
 pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:8080";
@@ -104,9 +104,12 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, TelemetryError> {
 }
 
 #[derive(Clone)]
-struct AppState {
-    metrics: Arc<Metrics>,
+pub(crate) struct AppState {
+    pub(crate) metrics: Arc<Metrics>,
     health: HealthCheck,
+    /// The address listened on (the page answers only local `Host`s when
+    /// it is loopback).
+    pub(crate) local: Option<SocketAddr>,
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> Response {
@@ -133,41 +136,42 @@ async fn health_handler(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn index_handler() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        "hologram-snapshotter\n/metrics  Prometheus metrics\n/healthz  health check\n",
-    )
-        .into_response()
-}
-
-fn router(metrics: Arc<Metrics>, health: HealthCheck) -> Router {
+fn router(metrics: Arc<Metrics>, health: HealthCheck, local: Option<SocketAddr>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(health_handler))
-        .route("/", get(index_handler))
-        .with_state(AppState { metrics, health })
+        .route("/", get(ui::index))
+        .route("/ui.js", get(ui::script))
+        .route("/ui.css", get(ui::style))
+        .route(crate::api::NODE_PATH, get(ui::node))
+        .with_state(AppState {
+            metrics,
+            health,
+            local,
+        })
 }
 
-/// Serves `/metrics` and `/healthz` on an already bound listener until
-/// `shutdown` completes.
+/// Serves `/metrics`, `/healthz`, the node's page (`/`) and its JSON API
+/// (`/api/v1/node`) on an already bound listener until `shutdown`
+/// completes.
 pub async fn serve_on(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     health: HealthCheck,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), TelemetryError> {
-    if let Ok(addr) = listener.local_addr() {
+    let local = listener.local_addr().ok();
+    if let Some(addr) = local {
         if addr.ip().is_loopback() {
-            tracing::info!(%addr, "serving /metrics and /healthz");
+            tracing::info!(%addr, "serving /metrics, /healthz and the node's page on http://{addr}/");
         } else {
             tracing::warn!(
                 %addr,
-                "serving /metrics and /healthz beyond loopback: restrict access to the port"
+                "serving /metrics, /healthz and the node's page beyond loopback: restrict access to the port"
             );
         }
     }
-    axum::serve(listener, router(metrics, health))
+    axum::serve(listener, router(metrics, health, local))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(TelemetryError::Serve)

@@ -733,3 +733,319 @@ fn dashboard_queries_exported_series() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// The node's page and its JSON API.
+
+/// A raw HTTP/1.1 request: (status, head, body).
+async fn http_raw(addr: SocketAddr, method: &str, path: &str, host: &str) -> (u16, String, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == name).then(|| v.trim())
+    })
+}
+
+/// A registry with some traffic and a daemon callback that describes one
+/// image with a lazy and an unpacked layer.
+fn busy_node() -> Arc<Metrics> {
+    let m = Metrics::new();
+    let h = m.fuse_handles(&["read"]);
+    h.fetch("registry", 0.1, 3000, true);
+    h.fetch("registry", 0.1, 0, false);
+    h.read(0.001, 4096, true);
+    m.cache_lookup(true);
+    m.cache_lookup(true);
+    m.cache_lookup(true);
+    m.cache_lookup(false);
+    h.verification_failure();
+    m.layer_check("verified");
+    m.fallback("not_estargz");
+    m.snapshotter_op("prepare", "ok", 0.01);
+    m.snapshotter_op("prepare", "already_exists", 0.01);
+    m.set_node_collector(Box::new(|s: &mut api::NodeState| {
+        s.daemon_version = "9.9.9".into();
+        s.mounted_layers = 1;
+        s.cache.bytes = 100;
+        s.cache.limit_bytes = 1000;
+        s.images.push(api::ImageState {
+            reference: "127.0.0.1:5000/e2e/x:1".into(),
+            manifest_digest: Some(format!("sha256:{}", "a".repeat(64))),
+            layers: vec![
+                api::LayerState {
+                    digest: format!("sha256:{}", "b".repeat(64)),
+                    size: 5000,
+                    mode: api::LayerMode::Lazy,
+                    demand_bytes: 3000,
+                    check: Some("pending".into()),
+                    ..Default::default()
+                },
+                api::LayerState {
+                    digest: format!("sha256:{}", "c".repeat(64)),
+                    size: 700,
+                    mode: api::LayerMode::Unpacked,
+                    fallback: Some(api::FallbackInfo {
+                        category: "not_estargz".into(),
+                        reason: "no TOC digest annotation".into(),
+                    }),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        });
+    }));
+    m
+}
+
+#[test]
+fn node_state_counts_what_the_registry_counted_and_what_the_daemon_said() {
+    let m = busy_node();
+    let s = m.node_state();
+    assert_eq!(s.api_version, api::API_VERSION);
+    assert_eq!(s.daemon_version, "9.9.9");
+    assert_eq!(s.transfer.fetched_bytes.get("registry"), Some(&3000));
+    assert_eq!(s.transfer.fetched_bytes.get("ctp96"), Some(&0));
+    assert_eq!(s.transfer.fetch_errors.get("registry"), Some(&1));
+    assert_eq!(s.transfer.read_bytes, 4096);
+    assert_eq!((s.cache.hits, s.cache.misses), (3, 1));
+    assert_eq!(s.cache.hit_ratio, Some(0.75));
+    assert_eq!(s.cache.bytes, 100);
+    assert_eq!(s.checks.chunk_verification_failures, 1);
+    assert_eq!((s.checks.layers_verified, s.checks.layers_bad), (1, 0));
+    assert_eq!(
+        s.checks.fallbacks,
+        BTreeMap::from([("not_estargz".to_owned(), 1)])
+    );
+    assert_eq!(
+        s.operations.get("prepare"),
+        Some(&api::OpCount { ok: 1, errors: 1 })
+    );
+    assert!(s.ctp96.is_none(), "no CTP-96 series: no CTP-96 section");
+    assert!(s.generated_at > 1.6e9 && s.uptime_seconds >= 0.0);
+    assert!(s.resident_bytes > 0);
+    assert_eq!(s.images[0].layers[0].fetched_bytes(), 3000);
+
+    // A fresh registry: no lookups, no ratio.
+    assert_eq!(Metrics::new().node_state().cache.hit_ratio, None);
+
+    // CTP-96 series make the section appear, with the hints and the lease.
+    m.declare_ctp96_op("fetch", "ok");
+    m.ctp96_op("session_open", "ok");
+    m.set_energy_hint("load", 0.5);
+    m.set_lease_duration(300.0);
+    let c = m.node_state().ctp96.unwrap();
+    assert_eq!(c.operations.get("fetch/ok"), Some(&0));
+    assert_eq!(c.operations.get("session_open/ok"), Some(&1));
+    assert_eq!(c.hints.get("load"), Some(&0.5));
+    assert_eq!(c.lease_seconds, 300.0);
+    // and the series are the registry's own
+    assert!(m
+        .encode()
+        .contains("hologram_ctp96_operations_total{op=\"session_open\",result=\"ok\"} 1"));
+}
+
+/// The JSON API's shape, field by field: what `hologram status` and the
+/// page read. A renamed field fails here.
+#[test]
+fn node_json_shape() {
+    let v: Value = serde_json::to_value(busy_node().node_state()).unwrap();
+    for key in [
+        "api_version",
+        "daemon_version",
+        "generated_at",
+        "uptime_seconds",
+        "resident_bytes",
+        "images",
+        "mounted_layers",
+        "cache",
+        "transfer",
+        "checks",
+        "trust",
+        "ctp96",
+        "throughput",
+        "warnings",
+        "operations",
+    ] {
+        assert!(v.get(key).is_some(), "no {key} in {v:#}");
+    }
+    assert_eq!(v["api_version"], 1);
+    assert_eq!(v["cache"]["hit_ratio"], 0.75);
+    assert_eq!(v["transfer"]["fetched_bytes"]["registry"], 3000);
+    assert_eq!(v["checks"]["fallbacks"]["not_estargz"], 1);
+    assert_eq!(v["operations"]["prepare"]["ok"], 1);
+    let img = &v["images"][0];
+    assert_eq!(img["reference"], "127.0.0.1:5000/e2e/x:1");
+    assert!(img["trust"].is_null());
+    let lazy = &img["layers"][0];
+    assert_eq!(lazy["mode"], "lazy");
+    assert_eq!(lazy["size"], 5000);
+    assert_eq!(lazy["demand_bytes"], 3000);
+    assert_eq!(lazy["check"], "pending");
+    let unpacked = &img["layers"][1];
+    assert_eq!(unpacked["mode"], "unpacked");
+    assert_eq!(unpacked["fallback"]["category"], "not_estargz");
+    assert_eq!(unpacked["fallback"]["reason"], "no TOC digest annotation");
+    // Round trip, and a newer daemon's extra fields do not break a reader.
+    let back: api::NodeState = serde_json::from_value(v.clone()).unwrap();
+    assert_eq!(back, busy_node().node_state_without_clock(&back));
+    let mut newer = v;
+    newer["a_field_from_the_future"] = Value::Bool(true);
+    newer["images"][0]["layers"][0]["another"] = Value::from(1);
+    let parsed: api::NodeState = serde_json::from_value(newer).unwrap();
+    assert_eq!(parsed.images[0].layers[0].mode, api::LayerMode::Lazy);
+}
+
+impl Metrics {
+    /// The node state with the clock fields of `like` (for comparisons).
+    fn node_state_without_clock(&self, like: &api::NodeState) -> api::NodeState {
+        api::NodeState {
+            generated_at: like.generated_at,
+            uptime_seconds: like.uptime_seconds,
+            resident_bytes: like.resident_bytes,
+            ..self.node_state()
+        }
+    }
+}
+
+#[test]
+fn the_page_has_no_inline_script_style_or_handler_and_the_script_parses_no_html() {
+    let html = ui::INDEX_HTML;
+    // Every <script> has a src, and no element has an event handler or a
+    // style attribute (the CSP would block them; keep the page honest).
+    for (i, _) in html.match_indices("<script") {
+        let tag = &html[i..i + html[i..].find('>').unwrap()];
+        assert!(tag.contains("src=\"/ui.js\""), "inline script: {tag}");
+    }
+    let lower = html.to_ascii_lowercase();
+    assert!(!lower.contains(" style="), "inline style attribute");
+    assert!(!lower.contains("<style"), "inline style element");
+    for attr in [" onload=", " onclick=", " onerror=", "javascript:"] {
+        assert!(!lower.contains(attr), "{attr} in the page");
+    }
+    assert!(
+        !lower.contains("http://") && !lower.contains("https://"),
+        "external asset"
+    );
+    // The script builds the DOM from text nodes only.
+    let code: String = ui::UI_JS
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for sink in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+        "new Function",
+        "DOMParser",
+        "createContextualFragment",
+        "srcdoc",
+    ] {
+        assert!(!code.contains(sink), "{sink} in ui.js");
+    }
+    assert!(code.contains(api::NODE_PATH), "the script reads the API");
+    assert!(!ui::UI_CSS.contains("url("), "no external style resource");
+}
+
+#[tokio::test]
+async fn serves_the_page_and_the_api_with_a_strict_policy() {
+    let metrics = busy_node();
+    let health: HealthCheck = Arc::new(|| Ok(()));
+    let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_on(listener, metrics, health, async move {
+        let _ = stopped.await;
+    }));
+    let host = addr.to_string();
+    for (path, ctype, needle) in [
+        (
+            "/",
+            "text/html; charset=utf-8",
+            "<script src=\"/ui.js\" defer>",
+        ),
+        ("/ui.js", "text/javascript; charset=utf-8", "textContent"),
+        ("/ui.css", "text/css; charset=utf-8", "progress"),
+        ("/api/v1/node", "application/json", "\"api_version\":1"),
+    ] {
+        let (status, head, body) = http_raw(addr, "GET", path, &host).await;
+        assert_eq!(status, 200, "{path}: {head}");
+        assert_eq!(header(&head, "content-type"), Some(ctype), "{path}");
+        assert_eq!(
+            header(&head, "content-security-policy"),
+            Some(ui::CONTENT_SECURITY_POLICY),
+            "{path}"
+        );
+        let csp = ui::CONTENT_SECURITY_POLICY;
+        assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"));
+        assert!(csp.contains("default-src 'none'"));
+        assert_eq!(header(&head, "x-content-type-options"), Some("nosniff"));
+        assert_eq!(header(&head, "x-frame-options"), Some("deny"));
+        assert_eq!(header(&head, "referrer-policy"), Some("no-referrer"));
+        assert!(body.contains(needle), "{path}: no {needle:?}");
+    }
+    let (_, head, body) = http_raw(addr, "GET", "/api/v1/node", "localhost:1").await;
+    assert_eq!(header(&head, "cache-control"), Some("no-store"));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["images"][0]["layers"][1]["mode"], "unpacked");
+
+    // Read-only.
+    for method in ["POST", "PUT", "DELETE"] {
+        let (status, _, _) = http_raw(addr, method, "/api/v1/node", &host).await;
+        assert_eq!(status, 405, "{method}");
+    }
+    // DNS rebinding: a page of another site that resolves to 127.0.0.1
+    // sends its own name as Host; the page and the API refuse it (the
+    // metrics stay as they were).
+    for path in ["/", "/api/v1/node", "/ui.js"] {
+        let (status, _, body) = http_raw(addr, "GET", path, "evil.example:8080").await;
+        assert_eq!(status, 421, "{path}");
+        assert!(!body.contains("e2e/x"), "{path}: {body}");
+    }
+    let (status, _, _) = http_raw(addr, "GET", "/metrics", "evil.example").await;
+    assert_eq!(status, 200);
+    stop.send(()).unwrap();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(10), server).await;
+    assert!(matches!(out, Ok(Ok(Ok(())))), "{out:?}");
+}
+
+#[test]
+fn local_hosts() {
+    for ok in [
+        "127.0.0.1:8080",
+        "127.0.0.1",
+        "127.1.2.3:1",
+        "localhost",
+        "LOCALHOST:8080",
+        "[::1]:8080",
+        "[::1]",
+    ] {
+        assert!(ui::is_local_host(ok), "{ok}");
+    }
+    for bad in [
+        "",
+        "evil.example",
+        "evil.example:8080",
+        "localhost.evil.example",
+        "10.0.0.1:8080",
+        "[::2]:80",
+        "[::1]x",
+        "127.0.0.1:80:80",
+        "127.0.0.1:http",
+    ] {
+        assert!(!ui::is_local_host(bad), "{bad}");
+    }
+}
