@@ -33,10 +33,12 @@ use prometheus_client::registry::Registry;
 
 pub mod api;
 mod process;
+pub mod recent;
 mod server;
 mod ui;
 
 pub use process::unix_now;
+pub use recent::{record_warning, sanitize};
 pub use server::{
     bind, parse_listen, serve, serve_on, HealthCheck, TelemetryError, DEFAULT_METRICS_ADDRESS,
 };
@@ -460,6 +462,7 @@ pub struct Metrics {
     tally: Mutex<Tally>,
     node: RwLock<Option<NodeFn>>,
     start_time: f64,
+    throughput: Mutex<recent::Throughput>,
 }
 
 /// See [`Metrics::tally`].
@@ -726,6 +729,7 @@ impl Metrics {
             tally: Mutex::new(Tally::default()),
             node: RwLock::new(None),
             start_time,
+            throughput: Mutex::new(recent::Throughput::default()),
         })
     }
 
@@ -970,6 +974,16 @@ impl Metrics {
         self.fuse_read_bytes.get()
     }
 
+    /// Adds a throughput sample (the rates since the previous call); the
+    /// server calls it about once a second while it serves.
+    pub fn sample_throughput(&self) {
+        let (fetched, read) = (self.fetched_bytes_total(), self.read_bytes_total());
+        self.throughput
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .sample(process::unix_now(), fetched, read);
+    }
+
     /// The node's state for the JSON API: what this registry counts, then
     /// the daemon's part (its callback).
     pub fn node_state(&self) -> api::NodeState {
@@ -1033,6 +1047,15 @@ impl Metrics {
                 });
             }
         }
+        s.throughput = self
+            .throughput
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .samples
+            .iter()
+            .copied()
+            .collect();
+        s.warnings = recent::recent_warnings();
         let guard = self
             .node
             .read()

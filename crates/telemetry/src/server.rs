@@ -141,6 +141,7 @@ fn router(metrics: Arc<Metrics>, health: HealthCheck, local: Option<SocketAddr>)
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(health_handler))
         .route("/", get(ui::index))
+        .route("/ui", get(ui::index))
         .route("/ui.js", get(ui::script))
         .route("/ui.css", get(ui::style))
         .route(crate::api::NODE_PATH, get(ui::node))
@@ -171,10 +172,24 @@ pub async fn serve_on(
             );
         }
     }
-    axum::serve(listener, router(metrics, health, local))
+    // The page's throughput chart: one sample a second while serving.
+    let sampler = {
+        let m = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                m.sample_throughput();
+            }
+        })
+    };
+    let served = axum::serve(listener, router(metrics, health, local))
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(TelemetryError::Serve)
+        .map_err(TelemetryError::Serve);
+    sampler.abort();
+    served
 }
 
 /// [`bind`] then [`serve_on`].

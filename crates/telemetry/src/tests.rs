@@ -913,6 +913,9 @@ impl Metrics {
             generated_at: like.generated_at,
             uptime_seconds: like.uptime_seconds,
             resident_bytes: like.resident_bytes,
+            // process-wide: other tests add to them meanwhile
+            warnings: like.warnings.clone(),
+            throughput: like.throughput.clone(),
             ..self.node_state()
         }
     }
