@@ -31,6 +31,7 @@ pub mod fdstore;
 pub mod metrics;
 pub mod mountinfo;
 pub mod mounts;
+pub mod node;
 pub mod plan;
 pub mod remote;
 pub mod service;

@@ -215,6 +215,28 @@ async fn serve(cfg: Config, metrics_addr: Option<SocketAddr>) -> anyhow::Result<
         }
     };
     health.set_snapshotter(Arc::clone(&sn));
+    if let Some(m) = &metrics {
+        let settings = hologram_snapshotter::node::NodeSettings {
+            daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
+            ctp96: ctp96_config(&cfg)?.endpoint.map(|e| {
+                (
+                    remote
+                        .transport_labels()
+                        .get(hologram_snapshotter::trust::LABEL_NETWORK)
+                        .cloned()
+                        .unwrap_or_default(),
+                    hologram_snapshotter::node::strip_userinfo(&e),
+                )
+            }),
+        };
+        hologram_snapshotter::node::install_node_collector(
+            m,
+            Arc::clone(sn.book()),
+            Arc::clone(&remote),
+            trust.clone(),
+            settings,
+        );
+    }
     let mut sig = sig_rx.clone();
     let socket = daemon::Listen {
         address: cfg.address.clone(),
@@ -377,10 +399,18 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(v).context("invalid RUST_LOG")?,
         _ => EnvFilter::try_new(level).with_context(|| format!("invalid log level {level:?}"))?,
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false),
+        )
+        // The node's page lists the recent warnings.
+        .with(hologram_snapshotter::node::RecentWarnings)
+        .try_init()
+        .context("cannot set up logging")?;
     Ok(())
 }

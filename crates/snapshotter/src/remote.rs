@@ -161,6 +161,19 @@ pub struct RemoteLayers {
     /// On-demand reads of every layer: prefetch and background fetch of
     /// all layers yield to them (they share the link).
     demand: Arc<DemandGate>,
+    /// What each mounted snapshot serves (for the node's page).
+    served: Mutex<HashMap<u64, (Served, Option<String>)>>,
+}
+
+/// A mounted layer as the node's page shows it.
+#[derive(Clone)]
+pub struct MountedInfo {
+    pub layer_ref: Arc<Layer>,
+    pub layer: Digest,
+    pub size: u64,
+    /// The image it was mounted for, as its labels name it.
+    pub image: String,
+    pub manifest: Option<String>,
 }
 
 impl std::fmt::Debug for RemoteLayers {
@@ -205,6 +218,7 @@ impl RemoteLayers {
             metrics,
             handover: Mutex::new(None),
             inherited: Mutex::new(HashMap::new()),
+            served: Mutex::new(HashMap::new()),
             demand: Arc::new(DemandGate::default()),
         })
     }
@@ -332,6 +346,7 @@ impl RemoteLayers {
             state: CheckState::Pending,
         };
         self.mount_served(id, name, &served, mountpoint)?;
+        self.remember_served(id, &served, Some(plan.image.manifest_digest.to_string()));
         let mut l = BTreeMap::new();
         l.insert(labels::REMOTE.to_owned(), labels::REMOTE_VALUE.to_owned());
         l.insert(
@@ -636,8 +651,54 @@ impl RemoteLayers {
         Some(layer.verify_now(deadline))
     }
 
+    fn remember_served(&self, id: u64, served: &Served, manifest: Option<String>) {
+        if let Ok(mut m) = self.served.lock() {
+            m.insert(id, (served.clone(), manifest));
+        }
+    }
+
+    /// The mounted layers with what they serve, by snapshot id.
+    pub fn mounted(&self) -> HashMap<u64, MountedInfo> {
+        let layers: Vec<(u64, Arc<Layer>)> = self
+            .mounts
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|(id, l)| (*id, Arc::clone(l.layer())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let Ok(served) = self.served.lock() else {
+            return HashMap::new();
+        };
+        layers
+            .into_iter()
+            .filter_map(|(id, layer_ref)| {
+                let (s, manifest) = served.get(&id)?;
+                Some((
+                    id,
+                    MountedInfo {
+                        layer_ref,
+                        layer: s.layer,
+                        size: s.size,
+                        image: s.image.to_string(),
+                        manifest: manifest.clone(),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// The open CTP-96 session and its lease, if any.
+    pub fn ctp96_session(&self) -> Option<(String, String)> {
+        self.sources.client().and_then(|c| c.session())
+    }
+
     /// Unmounts the layer of snapshot `id`, if it is one of ours.
     pub fn unmount(&self, id: u64) {
+        if let Ok(mut s) = self.served.lock() {
+            s.remove(&id);
+        }
         let m = self.mounts.lock().ok().and_then(|mut m| m.remove(&id));
         if m.is_some() {
             if let Some(h) = self.handover() {
@@ -663,7 +724,9 @@ impl RemoteLayers {
         if served.state == CheckState::Bad {
             self.mark_bad(id);
         }
-        self.mount_served(id, name, &served, mountpoint)
+        self.mount_served(id, name, &served, mountpoint)?;
+        self.remember_served(id, &served, labels.get(labels::HOLOGRAM_MANIFEST).cloned());
+        Ok(())
     }
 
     /// Stops everything (daemon shutdown). With a live fd holder the mounts

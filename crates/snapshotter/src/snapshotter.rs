@@ -104,6 +104,8 @@ pub struct Snapshotter {
     trust: Option<Arc<TrustGate>>,
     /// Manifests and configs of the images whose layers are prepared.
     images: Option<Images>,
+    /// What happened to the images prepared here (the node's page).
+    book: Arc<crate::node::NodeBook>,
     /// Held for the daemon's lifetime: one owner per root.
     _lock: File,
 }
@@ -156,6 +158,7 @@ impl Snapshotter {
             remote,
             trust,
             images,
+            book: Arc::new(crate::node::NodeBook::new()),
             _lock: lock.0,
         };
         sn.restore_remote();
@@ -186,6 +189,11 @@ impl Snapshotter {
             }
         }
         remote.release_unclaimed(&self.snapshots_dir());
+    }
+
+    /// What happened to the images prepared here (the node's page).
+    pub fn book(&self) -> &Arc<crate::node::NodeBook> {
+        &self.book
     }
 
     /// The remote-layer manager, if any.
@@ -293,13 +301,21 @@ impl Snapshotter {
         // finds it with a Walk on the ref label and parent.
         if let Some(info) = self.committed_chain(&chain, parent)? {
             match remote::reuse(&info.labels, &plan) {
-                Ok(()) => return Err(exists()),
-                Err(f) => return self.fallback(key, parent, labels, f),
+                Ok(()) => {
+                    let id = self.store.info(&info.name).ok().map(|(id, _, _)| id);
+                    self.book.present(&plan, id);
+                    return Err(exists());
+                }
+                Err(f) => {
+                    self.book.unpacked(&plan, &f);
+                    return self.fallback(key, parent, labels, f);
+                }
             }
         }
         self.check_below(&plan, parent)?;
         let Some(remote) = self.remote.clone() else {
             let f = Fallback::new("disabled", "remote snapshots are disabled");
+            self.book.unpacked(&plan, &f);
             return self.fallback(key, parent, labels, f);
         };
         let snap = self.store.write(|t| {
@@ -321,6 +337,7 @@ impl Snapshotter {
             Ok(extra) => extra,
             Err(reason) => {
                 remote.record_fallback(&reason);
+                self.book.unpacked(&plan, &reason);
                 tracing::warn!(layer = %plan.layer.digest, image = %plan.image.name(), reason = %reason,
                     "layer cannot be served lazily: containerd will download and unpack it");
                 return Ok(self.mounts(&snap));
@@ -337,6 +354,7 @@ impl Snapshotter {
             .write(|t| t.commit(key, &name, Usage::default(), commit_labels))
         {
             Ok(_) => {
+                self.book.lazy(&plan, snap.id);
                 tracing::info!(layer = %plan.layer.digest, image = %plan.image.name(), chain_id = %chain, "layer mounted lazily");
                 Err(exists())
             }
@@ -415,8 +433,13 @@ impl Snapshotter {
                 return unverifiable("fetch_error", e.to_string())
             }
         };
+        self.book.image(&facts);
         let prov = match gate {
-            Some(g) => Some(g.check(&facts)?),
+            Some(g) => {
+                let checked = g.check(&facts);
+                self.book.verdict(&facts, verdict_of(g, &facts, &checked));
+                Some(checked?)
+            }
             None => None,
         };
         let plan = match LayerPlan::new(&labels, facts) {
@@ -503,6 +526,17 @@ impl Snapshotter {
             .or_else(|| labels.get(labels::STARGZ_DIGEST))
             .cloned()
             .unwrap_or_else(|| format!("key {key}"));
+        if !self.book.has_fallback(&layer, &reason) {
+            self.book.unpacked_by_labels(
+                labels
+                    .get(labels::CRI_IMAGE_REF)
+                    .or_else(|| labels.get(labels::STARGZ_REFERENCE))
+                    .map(String::as_str),
+                labels.get(labels::CRI_MANIFEST_DIGEST).map(String::as_str),
+                &layer,
+                &reason,
+            );
+        }
         tracing::warn!(layer = %layer, reason = %reason, "layer cannot be served lazily: containerd will download and unpack it");
         self.create_plain(Kind::Active, key, parent, labels)
     }
@@ -708,4 +742,32 @@ fn max_dir_id(dir: &Path) -> anyhow::Result<u64> {
         }
     }
     Ok(max)
+}
+
+/// The page's record of a trust gate verdict.
+fn verdict_of(
+    gate: &TrustGate,
+    facts: &crate::plan::ImageFacts,
+    checked: &Result<crate::trust::Provenance>,
+) -> hologram_telemetry::api::TrustVerdict {
+    use hologram_telemetry::api::TrustVerdict;
+    let mode = gate.mode_name().to_owned();
+    match checked {
+        Ok(p) => TrustVerdict {
+            decision: if p.witness_ok { "allowed" } else { "warned" }.to_owned(),
+            mode,
+            uor_id: p.uor_id.to_string(),
+            key_id: p.key_id.clone(),
+            reason: p.reason.clone(),
+            at: 0.0,
+        },
+        Err(e) => TrustVerdict {
+            decision: "refused".to_owned(),
+            mode,
+            uor_id: facts.uor_id.to_string(),
+            key_id: None,
+            reason: Some(e.to_string()),
+            at: 0.0,
+        },
+    }
 }

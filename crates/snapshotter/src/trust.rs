@@ -62,6 +62,10 @@ pub struct TrustConfig {
 pub struct Provenance {
     pub uor_id: UorId,
     pub witness_ok: bool,
+    /// The id of the key whose witness verified.
+    pub key_id: Option<String>,
+    /// Why it was not verified (allowed in warn mode).
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,7 +93,7 @@ impl std::fmt::Debug for TrustGate {
     }
 }
 
-fn mode_name(m: Mode) -> &'static str {
+pub(crate) fn mode_name(m: Mode) -> &'static str {
     match m {
         Mode::Enforce => "enforce",
         Mode::Warn => "warn",
@@ -116,6 +120,16 @@ impl TrustGate {
             cache: Mutex::new(HashMap::new()),
             metrics,
         })
+    }
+
+    /// How many trusted keys are configured.
+    pub fn trusted_keys(&self) -> usize {
+        self.cfg.keys.len()
+    }
+
+    /// `enforce` or `warn`.
+    pub fn mode_name(&self) -> &'static str {
+        mode_name(self.cfg.mode)
     }
 
     pub fn enforcing(&self) -> bool {
@@ -185,6 +199,8 @@ impl TrustGate {
         let prov = Provenance {
             uor_id: uor,
             witness_ok: false,
+            key_id: None,
+            reason: None,
         };
         let (envelopes, notes) = self.witnesses(&uor, &image.reference, &image.manifest_digest);
         let result = if self.cfg.keys.is_empty() {
@@ -220,6 +236,7 @@ impl TrustGate {
                 (
                     Verdict::Allow(Provenance {
                         witness_ok: true,
+                        key_id: Some(v.keyid.clone()),
                         ..prov
                     }),
                     ttl,
@@ -230,7 +247,16 @@ impl TrustGate {
                 let full = format!("image {name} (UOR-ID {uor}) is not verified: {reason}");
                 match mode {
                     Mode::Enforce => (Verdict::Deny(full), NEGATIVE_TTL),
-                    Mode::Warn => (Verdict::Warn(prov, full), NEGATIVE_TTL),
+                    Mode::Warn => (
+                        Verdict::Warn(
+                            Provenance {
+                                reason: Some(full.clone()),
+                                ..prov
+                            },
+                            full,
+                        ),
+                        NEGATIVE_TTL,
+                    ),
                 }
             }
         }

@@ -192,12 +192,18 @@ mod tests {
                 "header Authorization: Bearer abc.def.ghi done",
                 "header Authorization: [redacted] Bearer [redacted] done",
             ),
-            ("login password=hunter2, next", "login password=[redacted], next"),
+            (
+                "login password=hunter2, next",
+                "login password=[redacted], next",
+            ),
             (
                 "cannot read /home/bob/.docker/config.json",
                 "cannot read /home/…/.docker/config.json",
             ),
-            ("plain text <script>x</script>", "plain text <script>x</script>"),
+            (
+                "plain text <script>x</script>",
+                "plain text <script>x</script>",
+            ),
             ("no url here: a://b", "no url here: a://b"),
         ];
         for (input, want) in cases {
