@@ -15,6 +15,7 @@
 //! `$HOLOGRAM_SNAPSHOTTER_BIN`, `build/hologram-snapshotter` or
 //! `target/debug/hologram-snapshotter` (build it first).
 
+pub mod browser;
 pub mod containerd;
 pub mod env;
 pub mod equivalence;

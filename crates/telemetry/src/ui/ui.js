@@ -155,8 +155,8 @@
   }
 
   function layerRow(l, i) {
-    const tr = el("tr", { "data-digest": l.digest, "data-mode": l.mode });
     const fetched = (l.demand_bytes || 0) + (l.prefetch_bytes || 0) + (l.background_bytes || 0);
+    const tr = el("tr", { "data-digest": l.digest, "data-mode": l.mode, "data-fetched": fetched });
     tr.append(el("td", { class: "num" }, String(i + 1)));
     tr.append(el("td", { class: "mono", title: l.digest }, shortDigest(l.digest)));
     tr.append(el("td", {}, el("span", { class: "badge mode", "data-mode": l.mode }, l.mode)));
@@ -198,7 +198,7 @@
   }
 
   function imageCard(img) {
-    const card = el("article", { class: "image" });
+    const card = el("article", { class: "image", "data-decision": img.trust ? img.trust.decision : "none" });
     const head = el("div", { class: "image-head" });
     head.append(el("h3", { class: "reference" }, img.reference));
     if (img.manifest_digest) head.append(el("div", { class: "mono muted small" }, "manifest " + img.manifest_digest));
