@@ -35,21 +35,57 @@ fn request(addr: &str, method: &str, path: &str, body: Option<&Value>) -> Result
         body.len()
     );
     s.write_all(req.as_bytes())?;
+    // chromedriver keeps the connection open whatever the request says:
+    // read the head, then exactly the body it announces.
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .with_context(|| format!("{method} {path}: reading the answer"))?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .with_context(|| format!("{method} {path}: no HTTP header end"))?;
+    let mut buf = [0u8; 16 * 1024];
+    let split = loop {
+        if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+        let n = s
+            .read(&mut buf)
+            .with_context(|| format!("{method} {path}: reading the answer"))?;
+        if n == 0 {
+            bail!("{method} {path}: connection closed before the HTTP head ended");
+        }
+        raw.extend_from_slice(&buf[..n]);
+    };
     let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
     let status: u16 = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("{method} {path}: bad status line"))?;
+    let length = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == "content-length")
+            .then(|| v.trim().parse::<usize>().ok())
+            .flatten()
+    });
+    let chunked = head.contains("transfer-encoding: chunked");
     let mut payload = raw[split + 4..].to_vec();
-    if head.contains("transfer-encoding: chunked") {
+    loop {
+        let done = match length {
+            Some(len) => payload.len() >= len,
+            None if chunked => payload.windows(5).any(|w| w == b"0\r\n\r\n"),
+            None => false,
+        };
+        if done {
+            break;
+        }
+        let n = s
+            .read(&mut buf)
+            .with_context(|| format!("{method} {path}: reading the body"))?;
+        if n == 0 {
+            break;
+        }
+        payload.extend_from_slice(&buf[..n]);
+    }
+    if let Some(len) = length {
+        payload.truncate(len);
+    }
+    if chunked {
         payload = dechunk(&payload)?;
     }
     let v = if payload.is_empty() {

@@ -205,9 +205,9 @@ fn node_page_shows_a_lazy_pull_live_in_a_browser() -> Result<()> {
             js(&reason)
         ),
     )?;
-    let text = b.text()?;
+    let text = b.text()?.to_lowercase();
     for needle in [
-        "Fetch throughput",
+        "fetch throughput",
         "cache hit ratio",
         "e2e/page:esgz",
         "lazy",

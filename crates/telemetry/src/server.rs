@@ -144,6 +144,7 @@ fn router(metrics: Arc<Metrics>, health: HealthCheck, local: Option<SocketAddr>)
         .route("/ui", get(ui::index))
         .route("/ui.js", get(ui::script))
         .route("/ui.css", get(ui::style))
+        .route("/favicon.svg", get(ui::favicon))
         .route(crate::api::NODE_PATH, get(ui::node))
         .with_state(AppState {
             metrics,

@@ -1,6 +1,6 @@
 //! The node's web page and its JSON API, on the metrics listener.
 //!
-//! The page is three static files embedded in the binary (no external
+//! The page is four static files embedded in the binary (no external
 //! asset: the machines are offline): `index.html`, `ui.js`, `ui.css`. It
 //! holds no data of its own; the script fetches [`crate::api::NodeState`]
 //! and renders it with text nodes only. Every answer carries a strict
@@ -23,6 +23,7 @@ use crate::server::AppState;
 pub(crate) const INDEX_HTML: &str = include_str!("ui/index.html");
 pub(crate) const UI_JS: &str = include_str!("ui/ui.js");
 pub(crate) const UI_CSS: &str = include_str!("ui/ui.css");
+pub(crate) const FAVICON_SVG: &str = include_str!("ui/favicon.svg");
 
 /// The page's Content-Security-Policy.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
@@ -119,6 +120,10 @@ pub(crate) async fn script(State(state): State<AppState>, headers: HeaderMap) ->
 
 pub(crate) async fn style(State(state): State<AppState>, headers: HeaderMap) -> Response {
     asset(&state, &headers, "text/css; charset=utf-8", UI_CSS)
+}
+
+pub(crate) async fn favicon(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    asset(&state, &headers, "image/svg+xml", FAVICON_SVG)
 }
 
 pub(crate) async fn node(State(state): State<AppState>, headers: HeaderMap) -> Response {
