@@ -346,9 +346,10 @@ fn node_page_shows_trust_verdicts_under_enforce() -> Result<()> {
         ..TrustSettings::default()
     })?;
     let metrics = d.metrics_addr.clone().context("no metrics address")?;
+    // The refused one first: containerd does not ask for layers it has.
+    let refusal = d.pull_refused(&unsigned.reference)?;
     let sum = d.pull(&signed.reference)?;
     assert_eq!(sum.lazy, sum.layers, "{}", sum.text);
-    let refusal = d.pull_refused(&unsigned.reference)?;
     let uor = uor_resolve(&unsigned.reference)?;
     let v = node(&metrics)?;
     assert_eq!(v["trust"]["mode"], "enforce", "{v:#}");
