@@ -5,7 +5,8 @@ BUILD := build
 BINS := hologram-snapshotter hologram-fdstore hologram
 PREFIX ?= /usr/local
 APT_PKGS := containerd runc fuse3 docker-registry skopeo umoci busybox-static iproute2 curl python3 \
-  python3-prometheus-client ca-certificates stargz-snapshotter debootstrap stress-ng git
+  python3-prometheus-client ca-certificates stargz-snapshotter debootstrap stress-ng git \
+  chromium chromium-driver
 # The Rust toolchain is not a Debian package here (bookworm's rustc is too old):
 # it comes from rustup; this is the oldest the workspace builds with.
 RUST_MIN := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)

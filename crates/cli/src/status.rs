@@ -52,8 +52,108 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         }
     } else {
         print!("{}", render(&exposition, &args.metrics, unix_now()));
+        // The images, from the JSON API behind the node's page (a daemon
+        // without it, or with metrics elsewhere, just has no such section).
+        if let Some(state) = node_state(&args.metrics, timeout).await {
+            print!("{}", render_images(&state));
+        }
     }
     Ok(())
+}
+
+/// `/api/v1/node` next to the metrics URL, when the daemon serves it.
+async fn node_state(
+    metrics: &str,
+    timeout: Duration,
+) -> Option<hologram_telemetry::api::NodeState> {
+    let mut u = metrics_url(metrics).ok()?;
+    u.set_path(hologram_telemetry::api::NODE_PATH);
+    u.set_query(None);
+    let body = http_get(u.as_str(), timeout).await.ok()?;
+    serde_json::from_str(&body).ok()
+}
+
+/// A string an image chose, safe for a terminal: control characters
+/// (escape sequences) shown escaped, bounded.
+fn term(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(300)
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    if s.chars().count() > 300 {
+        out.push('…');
+    }
+    out
+}
+
+/// The images section: per image its trust verdict and layers (state,
+/// fetched of size, why unpacked).
+pub fn render_images(s: &hologram_telemetry::api::NodeState) -> String {
+    use hologram_telemetry::api::LayerMode;
+    let mut o = String::new();
+    if s.images.is_empty() {
+        return o;
+    }
+    let _ = writeln!(o, "\nImages (from {})", hologram_telemetry::api::NODE_PATH);
+    for img in &s.images {
+        let _ = writeln!(o, "  {}", term(&img.reference));
+        if let Some(t) = &img.trust {
+            let mut line = format!(
+                "    trust: {} ({} mode), {}",
+                term(&t.decision),
+                term(&t.mode),
+                term(&t.uor_id)
+            );
+            if let Some(k) = &t.key_id {
+                let _ = write!(line, ", witness key {}", term(k));
+            }
+            let _ = writeln!(o, "{line}");
+            if let Some(r) = &t.reason {
+                let _ = writeln!(o, "      {}", term(r));
+            }
+        }
+        for l in &img.layers {
+            let digest = term(&l.digest);
+            let short: String = digest.chars().take(19).collect();
+            let state = match l.mode {
+                LayerMode::Lazy => "lazy",
+                LayerMode::Unpacked => "unpacked",
+                LayerMode::Present => "present",
+                LayerMode::Pending => "pending",
+            };
+            let mut line = format!("    {short}  {state:<8}");
+            match l.mode {
+                LayerMode::Lazy => {
+                    let _ = write!(
+                        line,
+                        " fetched {} of {}",
+                        human_bytes(l.fetched_bytes() as f64),
+                        human_bytes(l.size as f64)
+                    );
+                    if let Some(c) = &l.check {
+                        let _ = write!(line, ", check {}", term(c));
+                    }
+                }
+                _ => {
+                    if l.size > 0 {
+                        let _ = write!(line, " {}", human_bytes(l.size as f64));
+                    }
+                }
+            }
+            if let Some(f) = &l.fallback {
+                let _ = write!(line, " — {}: {}", term(&f.category), term(&f.reason));
+            }
+            let _ = writeln!(o, "{line}");
+        }
+    }
+    o
 }
 
 // ---------------------------------------------------------------------------
@@ -1014,5 +1114,58 @@ mod tests {
             .await
             .unwrap_err();
         assert!(format!("{err:#}").contains("cannot connect"), "{err:#}");
+    }
+
+    #[test]
+    fn images_section_from_the_api_escapes_terminal_controls() {
+        use hologram_telemetry::api::*;
+        let state = NodeState {
+            images: vec![ImageState {
+                reference: "reg/x:1\u{1b}]0;pwned\u{7}".into(),
+                trust: Some(TrustVerdict {
+                    decision: "refused".into(),
+                    mode: "enforce".into(),
+                    uor_id: "uor:v1:r1:ab".into(),
+                    reason: Some("no witness found".into()),
+                    ..TrustVerdict::default()
+                }),
+                layers: vec![
+                    LayerState {
+                        digest: format!("sha256:{}", "a".repeat(64)),
+                        size: 2048,
+                        mode: LayerMode::Lazy,
+                        demand_bytes: 1024,
+                        check: Some("pending".into()),
+                        ..LayerState::default()
+                    },
+                    LayerState {
+                        digest: format!("sha256:{}", "b".repeat(64)),
+                        size: 10,
+                        mode: LayerMode::Unpacked,
+                        fallback: Some(FallbackInfo {
+                            category: "not_estargz".into(),
+                            reason: "no TOC".into(),
+                        }),
+                        ..LayerState::default()
+                    },
+                ],
+                ..ImageState::default()
+            }],
+            ..NodeState::default()
+        };
+        let out = render_images(&state);
+        assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+        assert!(out.contains("reg/x:1\\u{1b}]0;pwned"), "{out}");
+        assert!(
+            out.contains("trust: refused (enforce mode), uor:v1:r1:ab"),
+            "{out}"
+        );
+        assert!(out.contains("no witness found"), "{out}");
+        assert!(
+            out.contains("lazy     fetched 1.0 KiB of 2.0 KiB, check pending"),
+            "{out}"
+        );
+        assert!(out.contains("unpacked 10 B — not_estargz: no TOC"), "{out}");
+        assert_eq!(render_images(&NodeState::default()), "");
     }
 }

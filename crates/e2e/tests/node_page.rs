@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hologram_e2e::browser::Browser;
-use hologram_e2e::lazy::{image_facts, LazyEnv, LazyOptions};
+use hologram_e2e::lazy::{hologram_ok, image_facts, LazyEnv, LazyOptions};
 use hologram_e2e::registry::http_get;
 use hologram_e2e::trust::{uor_resolve, TrustSettings, TrustWorld};
 use hologram_e2e::util::{free_port, wait_until, workspace_root};
@@ -221,6 +221,19 @@ fn node_page_shows_a_lazy_pull_live_in_a_browser() -> Result<()> {
             .any(|m| m.contains("Content Security Policy") || m.contains("SEVERE")),
         "browser console: {console:#?}"
     );
+
+    // `hologram status` reads the same API.
+    let status = hologram_ok(
+        &["status", "--metrics", &format!("http://{metrics}/metrics")],
+        Duration::from_secs(30),
+    )?;
+    assert!(status.contains("\nImages"), "{status}");
+    assert!(status.contains("e2e/page:esgz"), "{status}");
+    assert!(
+        status.lines().filter(|l| l.contains(" lazy ")).count() >= 4,
+        "{status}"
+    );
+    assert!(status.contains("not_estargz: not eStargz"), "{status}");
 
     // The screenshot of the docs.
     let shot = workspace_root().join("target/node-page.png");
