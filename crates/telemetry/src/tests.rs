@@ -982,6 +982,8 @@ async fn serves_the_page_and_the_api_with_a_strict_policy() {
         ),
         ("/ui.js", "text/javascript; charset=utf-8", "textContent"),
         ("/ui.css", "text/css; charset=utf-8", "progress"),
+        ("/ui", "text/html; charset=utf-8", "/api/v1/node"),
+        ("/favicon.svg", "image/svg+xml", "<svg"),
         ("/api/v1/node", "application/json", "\"api_version\":1"),
     ] {
         let (status, head, body) = http_raw(addr, "GET", path, &host).await;
