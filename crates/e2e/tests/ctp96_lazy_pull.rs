@@ -131,6 +131,37 @@ fn an_image_runs_lazily_over_ctp96_and_the_daemon_never_asks_the_registry() -> R
         requests.join("\n")
     );
 
+    // The node's JSON API names the transport, the session and its lease,
+    // and where each lazy layer's bytes come from.
+    let r = hologram_e2e::registry::http_get(&metrics, "/api/v1/node", &[])?;
+    let node: serde_json::Value = serde_json::from_slice(&r.body)?;
+    let c = &node["ctp96"];
+    assert_eq!(c["mode"], "ctp96", "{node:#}");
+    assert_eq!(c["endpoint"], endpoint.as_str(), "{node:#}");
+    assert!(
+        c["session_id"].as_str().is_some_and(|s| !s.is_empty()),
+        "{c:#}"
+    );
+    assert!(
+        c["lease_id"].as_str().is_some_and(|s| !s.is_empty()),
+        "{c:#}"
+    );
+    assert!(
+        c["lease_seconds"].as_f64().is_some_and(|s| s > 0.0),
+        "{c:#}"
+    );
+    let sources: Vec<&serde_json::Value> = node["images"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|i| i["layers"].as_array().into_iter().flatten())
+        .map(|l| &l["source"])
+        .collect();
+    assert!(
+        sources.len() >= n && sources.iter().all(|s| *s == "ctp96"),
+        "{node:#}"
+    );
+
     let m = scrape(&metrics)?;
     let over_ctp96 = m.sum("hologram_fetched_bytes_total", &[("source", "ctp96")]);
     eprintln!("fetched over CTP-96: {over_ctp96} bytes");
