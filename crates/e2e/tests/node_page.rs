@@ -205,6 +205,20 @@ fn node_page_shows_a_lazy_pull_live_in_a_browser() -> Result<()> {
             js(&reason)
         ),
     )?;
+    // Another image on the same bottom layer: "present" on the page.
+    let again = env.push_crafted("e2e/page-present:1", &["--good", "present\n"])?;
+    let sum = env.hologram_pull(&again.reference)?;
+    assert_eq!((sum.present, sum.lazy), (1, 1), "{}", sum.text);
+    b.wait_for(
+        "the already present layer",
+        PAGE_TIMEOUT,
+        &format!(
+            "const c = {}; return !!c && c.querySelectorAll('tr[data-mode=\"present\"]').length === 1 \
+               && c.querySelectorAll('tr[data-mode=\"lazy\"]').length === 1;",
+            card("e2e/page-present:1")
+        ),
+    )?;
+
     let text = b.text()?.to_lowercase();
     for needle in [
         "fetch throughput",

@@ -249,47 +249,72 @@ impl NodeBook {
     fn images(&self, remote: &RemoteLayers) -> Vec<ImageState> {
         let mounted = remote.mounted();
         let mut named: std::collections::HashSet<u64> = Default::default();
+        // Layers on this node: mounted ones by digest, and those another
+        // image had unpacked. An image whose layer containerd already had
+        // never asks for it: it is "present".
+        let mut on_node: HashMap<String, Option<u64>> = mounted
+            .iter()
+            .map(|(id, m)| (m.layer.to_string(), Some(*id)))
+            .collect();
         let mut out: Vec<ImageState> = match self.images.lock() {
-            Ok(images) => images
-                .iter()
-                .map(|img| ImageState {
-                    reference: img.reference.clone(),
-                    manifest_digest: img.manifest.clone(),
-                    trust: img.trust.clone(),
-                    last_seen: img.last_seen,
-                    layers: img
-                        .layers
-                        .iter()
-                        .map(|l| {
-                            let live = l.snapshot_id.and_then(|id| mounted.get(&id));
-                            if let Some(id) = l.snapshot_id {
-                                named.insert(id);
-                            }
-                            let mut s = LayerState {
-                                digest: l.digest.clone(),
-                                size: l.size,
-                                mode: l.mode,
-                                fallback: l.fallback.clone(),
-                                snapshot_id: l.snapshot_id,
-                                annotations: l.annotations.clone(),
-                                ..LayerState::default()
-                            };
-                            match live {
-                                // Served by a lazily mounted snapshot (this
-                                // pull's or an earlier one's).
-                                Some(m) => {
-                                    s.mode = LayerMode::Lazy;
-                                    live_numbers(&mut s, m);
+            Ok(images) => {
+                for l in images.iter().flat_map(|i| i.layers.iter()) {
+                    if l.mode == LayerMode::Unpacked {
+                        on_node.entry(l.digest.clone()).or_insert(None);
+                    }
+                }
+                images
+                    .iter()
+                    .map(|img| ImageState {
+                        reference: img.reference.clone(),
+                        manifest_digest: img.manifest.clone(),
+                        trust: img.trust.clone(),
+                        last_seen: img.last_seen,
+                        layers: img
+                            .layers
+                            .iter()
+                            .map(|l| {
+                                let mut l = l.clone();
+                                if l.mode == LayerMode::Pending {
+                                    if let Some(id) = on_node.get(&l.digest) {
+                                        l.mode = LayerMode::Present;
+                                        l.snapshot_id = *id;
+                                    }
                                 }
-                                // Its snapshot is gone.
-                                None if l.mode == LayerMode::Lazy => s.mode = LayerMode::Pending,
-                                None => {}
-                            }
-                            s
-                        })
-                        .collect(),
-                })
-                .collect(),
+                                let live = l.snapshot_id.and_then(|id| mounted.get(&id));
+                                if let Some(id) = l.snapshot_id {
+                                    named.insert(id);
+                                }
+                                let mut s = LayerState {
+                                    digest: l.digest.clone(),
+                                    size: l.size,
+                                    mode: l.mode,
+                                    fallback: l.fallback.clone(),
+                                    snapshot_id: l.snapshot_id,
+                                    annotations: l.annotations.clone(),
+                                    ..LayerState::default()
+                                };
+                                match live {
+                                    // Served by a lazily mounted snapshot.
+                                    // An already present layer keeps saying so.
+                                    Some(m) => {
+                                        if s.mode != LayerMode::Present {
+                                            s.mode = LayerMode::Lazy;
+                                        }
+                                        live_numbers(&mut s, m);
+                                    }
+                                    // Its snapshot is gone.
+                                    None if l.mode == LayerMode::Lazy => {
+                                        s.mode = LayerMode::Pending
+                                    }
+                                    None => {}
+                                }
+                                s
+                            })
+                            .collect(),
+                    })
+                    .collect()
+            }
             Err(_) => Vec::new(),
         };
         out.sort_by(|a, b| b.last_seen.total_cmp(&a.last_seen));

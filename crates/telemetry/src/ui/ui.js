@@ -161,7 +161,9 @@
     tr.append(el("td", { class: "mono", title: l.digest }, shortDigest(l.digest)));
     tr.append(el("td", {}, el("span", { class: "badge mode", "data-mode": l.mode }, l.mode)));
     const f = el("td", { class: "fetched" });
-    if (l.mode === "lazy") {
+    // Lazy, or present on a lazily mounted snapshot (`source` set).
+    const live = l.mode === "lazy" || !!l.source;
+    if (live) {
       f.append(el("span", { class: "fetched-bytes" }, bytes(fetched)), " of " + bytes(l.size));
       f.append(el("progress", { max: Math.max(1, l.size), value: Math.min(fetched, Math.max(1, l.size)) }));
     } else {
@@ -169,12 +171,12 @@
     }
     tr.append(f);
     const work = [];
-    if (l.mode === "lazy") {
+    if (live) {
       work.push("on demand " + bytes(l.demand_bytes), "prefetch " + bytes(l.prefetch_bytes),
         "background " + bytes(l.background_bytes), (l.pending_chunks || 0) + " chunks to go");
     }
     tr.append(el("td", { class: "small" }, work.join(" · ")));
-    tr.append(el("td", {}, l.mode === "lazy" ? bytes(l.served_bytes) : "–"));
+    tr.append(el("td", {}, live ? bytes(l.served_bytes) : "–"));
     const check = el("td", {});
     if (l.check) check.append(el("span", { class: "badge check", "data-check": l.check }, l.check));
     if (l.verification_failures) check.append(el("span", { class: "bad" }, " " + l.verification_failures + " bad chunk(s)"));
