@@ -205,6 +205,16 @@ fn node_page_shows_a_lazy_pull_live_in_a_browser() -> Result<()> {
             js(&reason)
         ),
     )?;
+    // The screenshot of the docs.
+    let shot = workspace_root().join("target/node-page.png");
+    b.screenshot(&shot)?;
+    if std::env::var_os("HOLOGRAM_UPDATE_SCREENSHOT").is_some_and(|v| v == "1") {
+        let docs = workspace_root().join("docs/images/node-page.png");
+        b.screenshot(&docs)?;
+        eprintln!("screenshot written to {}", docs.display());
+    }
+    eprintln!("screenshot: {}", shot.display());
+
     // Another image on the same bottom layer: "present" on the page.
     let again = env.push_crafted("e2e/page-present:1", &["--good", "present\n"])?;
     let sum = env.hologram_pull(&again.reference)?;
@@ -249,15 +259,6 @@ fn node_page_shows_a_lazy_pull_live_in_a_browser() -> Result<()> {
     );
     assert!(status.contains("not_estargz: not eStargz"), "{status}");
 
-    // The screenshot of the docs.
-    let shot = workspace_root().join("target/node-page.png");
-    b.screenshot(&shot)?;
-    if std::env::var_os("HOLOGRAM_UPDATE_SCREENSHOT").is_some_and(|v| v == "1") {
-        let docs = workspace_root().join("docs/images/node-page.png");
-        b.screenshot(&docs)?;
-        eprintln!("screenshot written to {}", docs.display());
-    }
-    eprintln!("screenshot: {}", shot.display());
     Ok(())
 }
 
