@@ -485,9 +485,6 @@ impl tracing::field::Visit for TextVisitor {
     }
 }
 
-/// Mounted layers by snapshot id (for [`NodeBook::images`]).
-pub type Mounted = HashMap<u64, crate::remote::MountedInfo>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
