@@ -5,6 +5,7 @@
 //! the dead mounts and mounts the layers again from its local TOC copies —
 //! with the registry stopped, to prove no network is needed for that — and
 //! the image runs; unfetched files read again once the registry is back.
+//! The node's JSON API lists the layers mounted again under their image.
 
 use anyhow::Result;
 use hologram_e2e::image::content::DEFAULT_CMD_OUTPUT;
@@ -12,8 +13,10 @@ use hologram_e2e::lazy::{image_facts, LazyEnv, LazyOptions};
 
 #[test]
 fn layers_are_mounted_again_after_kill9_without_the_registry() -> Result<()> {
+    let metrics = format!("127.0.0.1:{}", hologram_e2e::util::free_port()?);
     let mut env = LazyEnv::start_with(LazyOptions {
         env: vec![("HOLOGRAM_HANDOVER".into(), "0".into())],
+        metrics_address: Some(metrics.clone()),
         ..LazyOptions::default()
     })?;
     let original = env.push_mkimage(false, "e2e/layers:restart")?;
@@ -54,6 +57,39 @@ fn layers_are_mounted_again_after_kill9_without_the_registry() -> Result<()> {
     let again = env.log_lines("remote layer mounted again");
     assert_eq!(again.len(), 3, "{}", env.diagnostics());
     env.check_layers_fuse_mounted(&facts)?;
+    // The page's API: the restarted daemon knows the layers from their
+    // snapshots' labels.
+    let r = hologram_e2e::registry::http_get(&metrics, "/api/v1/node", &[])?;
+    let node: serde_json::Value = serde_json::from_slice(&r.body)?;
+    let img = node["images"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["manifest_digest"] == facts.manifest_digest.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        img["manifest_digest"],
+        facts.manifest_digest.as_str(),
+        "{node:#}"
+    );
+    let layers: Vec<(&str, &str)> = img["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap_or(""),
+                l["mode"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    let want: Vec<(&str, &str)> = facts
+        .layers
+        .iter()
+        .map(|l| (l.digest.as_str(), "lazy"))
+        .collect();
+    assert_eq!(layers, want, "{node:#}");
     assert_eq!(
         env.fuse_mounts()?.len(),
         3,
