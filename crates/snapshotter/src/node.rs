@@ -234,6 +234,30 @@ impl NodeBook {
         })
     }
 
+    /// An image refused before the trust gate reached a verdict on it
+    /// (known only by the Prepare's raw labels); a verdict already
+    /// recorded stays.
+    pub fn refused_by_labels(
+        &self,
+        image: Option<&str>,
+        manifest: Option<&str>,
+        mode: &str,
+        reason: &str,
+    ) {
+        let reference = image.unwrap_or("(layers unpacked without an image reference)");
+        self.with_image(reference, manifest, |img| {
+            if img.trust.is_none() {
+                img.trust = Some(TrustVerdict {
+                    decision: "refused".to_owned(),
+                    mode: mode.to_owned(),
+                    reason: Some(bounded(reason)),
+                    at: unix_now(),
+                    ..TrustVerdict::default()
+                });
+            }
+        });
+    }
+
     fn set_fallback(l: &mut LayerRecord, why: &Fallback) {
         l.mode = LayerMode::Unpacked;
         l.snapshot_id = None;
@@ -494,6 +518,21 @@ mod tests {
         assert_eq!(strip_userinfo("http://a:b@h:1/x"), "http://h:1/x");
         assert_eq!(strip_userinfo("http://h:1"), "http://h:1");
         assert_eq!(strip_userinfo("h:1"), "h:1");
+    }
+
+    #[test]
+    fn a_refusal_by_labels_keeps_an_earlier_verdict() {
+        let book = NodeBook::new();
+        let m = format!("sha256:{}", "a".repeat(64));
+        book.refused_by_labels(Some("reg/x:1"), Some(&m), "enforce", "no provenance");
+        book.refused_by_labels(Some("reg/x:1"), Some(&m), "enforce", "second");
+        let images = book.images.lock().map(|i| i.clone()).unwrap_or_default();
+        assert_eq!(images.len(), 1);
+        let t = images[0].trust.clone().unwrap_or_default();
+        assert_eq!(
+            (t.decision.as_str(), t.mode.as_str(), t.reason.as_deref()),
+            ("refused", "enforce", Some("no provenance"))
+        );
     }
 
     #[test]

@@ -289,7 +289,21 @@ impl Snapshotter {
         labels: BTreeMap<String, String>,
         req: LayerRequest,
     ) -> Result<Vec<Mount>> {
-        let (plan, prov_labels) = match self.plan(req)? {
+        let planned = self.plan(req).inspect_err(|refused| {
+            // Refused before the gate could name the image's UOR-ID (no
+            // provenance in enforce mode, a manifest that is not what its
+            // digest says): the page shows it under the labels' names.
+            self.book.refused_by_labels(
+                labels
+                    .get(labels::CRI_IMAGE_REF)
+                    .or_else(|| labels.get(labels::STARGZ_REFERENCE))
+                    .map(String::as_str),
+                labels.get(labels::CRI_MANIFEST_DIGEST).map(String::as_str),
+                self.trust.as_deref().map_or("", TrustGate::mode_name),
+                &refused.to_string(),
+            );
+        })?;
+        let (plan, prov_labels) = match planned {
             Ok(p) => p,
             Err(reason) => return self.fallback(key, parent, labels, reason),
         };
