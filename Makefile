@@ -139,11 +139,10 @@ security:
 demo: dev-setup build
 	scripts/demo.sh
 
-## bench: hologram vs containerd's overlayfs, each measured in the same run:
-## Prepare+Commit latency; cold start + bytes fetched (python image);
-## FUSE read throughput with metrics on and off
 ## bench: everything `make bench-lazy` does, plus Prepare+Commit latency,
-## the loopback cold start and the FUSE read path (see docs/BENCHMARKS.md)
+## the loopback cold start, the FUSE read path (hologram vs containerd's
+## overlayfs, each measured in the same run) and the criterion
+## micro-benchmarks (see docs/BENCHMARKS.md)
 BENCH_PKGS := golang-go python3-pip fonts-dejavu-core iproute2
 bench-setup: dev-setup
 	@missing=$$(for p in $(BENCH_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -154,6 +153,7 @@ bench: bench-setup build
 	scripts/bench-snapshots.sh
 	scripts/bench-coldstart.sh
 	scripts/bench-read.sh
+	cargo bench --locked -p hologram-bench --bench micro
 	scripts/bench_lazy.py $(BENCH_ARGS)
 
 ## bench-lazy: cold start / warm re-run of python, big and gcc over a shaped
