@@ -22,6 +22,7 @@ pub mod faulty;
 pub mod image;
 pub mod lazy;
 pub mod mounts;
+pub mod netns;
 pub mod process;
 pub mod prom;
 pub mod proxy;
