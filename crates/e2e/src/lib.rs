@@ -16,6 +16,7 @@
 //! `target/debug/hologram-snapshotter` (build it first).
 
 pub mod containerd;
+pub mod cri;
 pub mod env;
 pub mod equivalence;
 pub mod faulty;
