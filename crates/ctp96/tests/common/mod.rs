@@ -21,6 +21,9 @@ pub struct MemUpstream {
     pub manifests: HashMap<String, (Bytes, String)>,
     pub reads: AtomicUsize,
     pub delay: Option<Duration>,
+    /// Reads wait for a permit of this (a test holds them until it adds
+    /// permits: no timing assumptions).
+    pub gate: Option<std::sync::Arc<tokio::sync::Semaphore>>,
     /// The next read at or past this offset fails (once).
     pub fail_once_at: Mutex<Option<u64>>,
     /// Whether the server may cache what it reads here.
@@ -54,6 +57,11 @@ impl Upstream for MemUpstream {
         self.reads.fetch_add(1, Ordering::Relaxed);
         if let Some(d) = self.delay {
             tokio::time::sleep(d).await;
+        }
+        if let Some(g) = &self.gate {
+            if let Ok(p) = g.acquire().await {
+                p.forget();
+            }
         }
         {
             let mut f = self.fail_once_at.lock().unwrap();
