@@ -218,7 +218,9 @@ impl CriClient {
                 namespace: "default".to_owned(),
                 attempt: 0,
             }),
-            hostname: name.to_owned(),
+            // Host-network pods share the node's UTS namespace: runc
+            // refuses to set a hostname there.
+            hostname: String::new(),
             log_directory: self.log_root.join(&uid).display().to_string(),
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: format!("/hgcri-{uid}"),
