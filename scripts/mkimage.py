@@ -32,7 +32,7 @@ the output is byte-for-byte reproducible):
 With --pause only layer 1 is written and the command is `/bin/sleep
 2147483647` (a pod sandbox image for the CRI tests). With --big-file MIB a
 last layer holds /data/big.bin, MIB MiB of deterministic incompressible bytes
-(its sha256 is listed under "files").
+(its sha256 is listed under "files"), and /bin/sha256sum.
 
 With --xattrs a 4th layer is added (layers 1-3 stay byte-identical):
 
@@ -278,6 +278,8 @@ def main(argv):
         lb = Layer()
         lb.dir("data")
         lb.file("data/big.bin", big)
+        lb.dir("bin")
+        lb.symlink("bin/sha256sum", "busybox")
         layers.append(lb)
         files = dict(files or {})
         files["data/big.bin"] = sha256(big)

@@ -386,6 +386,11 @@ pub struct LazyEnv {
     dir: TempDir,
 }
 
+/// The daemon's CRI proxy socket in a CRI env's directory.
+const CRI_PROXY_SOCKET: &str = "cri.sock";
+/// A link to containerd's socket in a CRI env's directory.
+const CONTAINERD_LINK: &str = "ctd.sock";
+
 /// Repository and tag of the CRI envs' pause image.
 pub const PAUSE_REPO_TAG: &str = "e2e/pause:1";
 
@@ -442,6 +447,13 @@ impl LazyEnv {
         if opts.cri {
             write_hosts_toml(&hosts_dir, registry.addr(), &[])?;
             config = with_remote_key(&config, "hosts_dir", &hosts_dir.display().to_string());
+            // The daemon's CRI credentials proxy, forwarding to containerd
+            // through a link made once containerd runs.
+            config.push_str(&format!(
+                "\n[cri]\nproxy_address = {:?}\ncontainerd_address = {:?}\n",
+                dir.path().join(CRI_PROXY_SOCKET).display().to_string(),
+                dir.path().join(CONTAINERD_LINK).display().to_string(),
+            ));
         }
         let mut snapshotter = Snapshotter::new(&root, &socket)?;
         snapshotter.write_config(&config)?;
@@ -495,6 +507,11 @@ impl LazyEnv {
             Containerd::start(&socket)?
         };
         containerd.attach_log("hologram-snapshotter", snapshotter.log());
+        if opts.cri {
+            let link = dir.path().join(CONTAINERD_LINK);
+            std::os::unix::fs::symlink(containerd.address(), &link)
+                .with_context(|| format!("linking {}", link.display()))?;
+        }
         Ok(Self {
             containerd,
             snapshotter,
@@ -529,6 +546,44 @@ impl LazyEnv {
     /// CRI credentials proxy, as `--image-service-endpoint` points at it).
     pub fn cri_via(&self, image_socket: &Path) -> Result<CriClient> {
         CriClient::connect_split(self.containerd.address(), image_socket, &self.dir().join("pods"))
+    }
+
+    /// The daemon's CRI image-service proxy (a CRI env's daemon serves it).
+    pub fn cri_proxy_socket(&self) -> PathBuf {
+        self.dir().join(CRI_PROXY_SOCKET)
+    }
+
+    /// A CRI client as a kubelet with `--image-service-endpoint` at the
+    /// daemon's proxy: images through the proxy, the rest to containerd.
+    pub fn cri_proxied(&self) -> Result<CriClient> {
+        self.cri_via(&self.cri_proxy_socket())
+    }
+
+    /// `hologram pull` with extra environment variables (`DOCKER_CONFIG`,
+    /// `PATH` for credential helpers), whatever the outcome.
+    pub fn hologram_pull_env(&self, reference: &str, env: &[(&str, &str)]) -> Result<Output> {
+        let address = self.containerd.address().display().to_string();
+        let socket = self.snapshotter.socket().display().to_string();
+        let mut cmd = Command::new(hologram_bin()?);
+        cmd.args([
+            "pull",
+            "--address",
+            &address,
+            "-n",
+            self.containerd.namespace(),
+            "--plain-http",
+            "--snapshotter",
+            SNAPSHOTTER,
+            "--snapshotter-socket",
+            &socket,
+            "--check-timeout",
+            "120",
+            reference,
+        ]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        run_with_timeout(&mut cmd, CLI_TIMEOUT)
     }
 
     /// Builds `scripts/mkimage.py` with `args` (e.g. `--big-file 16`) and

@@ -27,6 +27,7 @@ pub mod process;
 pub mod prom;
 pub mod proxy;
 pub mod registry;
+pub mod side_registry;
 pub mod snapshotter;
 pub mod stoppable_registry;
 pub mod treedump;

@@ -223,6 +223,47 @@ pub async fn serve(
     result
 }
 
+/// Serves the CRI image-service proxy on `address` (mode 0660) until
+/// `stop` turns true; the socket file is removed then. Binding errors are
+/// returned before anything is served.
+pub async fn serve_cri_proxy(
+    address: &Path,
+    proxy: crate::cri_proxy::CriImageProxy,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use hologram_api::cri::image_service_server::ImageServiceServer;
+    claim_socket(address)?;
+    let listener = UnixListener::bind(address)
+        .with_context(|| format!("cannot listen on {}", address.display()))?;
+    std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot set permissions of {}", address.display()))?;
+    tracing::info!(socket = %address.display(), "serving the CRI image service (credentials proxy to containerd)");
+    let svc = ImageServiceServer::new(proxy)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let address = address.to_path_buf();
+    Ok(tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                while !*stop.borrow() {
+                    if stop.changed().await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "CRI proxy server failed");
+        }
+        if let Err(e) = std::fs::remove_file(&address) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(socket = %address.display(), error = %e, "cannot remove socket");
+            }
+        }
+    }))
+}
+
 /// Resolves at SIGTERM or SIGINT, naming it.
 pub async fn shutdown_signal() -> anyhow::Result<&'static str> {
     use tokio::signal::unix::{signal, SignalKind};
