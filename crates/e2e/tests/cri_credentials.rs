@@ -103,7 +103,8 @@ fn cri_pull_secret_reaches_lazy_reads_after_the_pull() -> Result<()> {
     let auth = Auth {
         username: "kube".to_owned(),
         password: password.clone(),
-        server_address: private.addr().to_owned(),
+        // containerd 1.6 parses it as a URL: "host:port" alone fails.
+        server_address: format!("http://{}", private.addr()),
     };
     let image_ref = cri.pull_image_ok(&image, Some(&auth))?;
     env.check_layers_fuse_mounted(&facts)
