@@ -387,6 +387,26 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// The config the DaemonSet's ConfigMap ships is one this daemon takes.
+    #[test]
+    fn deploy_configmap_config_parses() {
+        let yaml = include_str!("../../../deploy/configmap.yaml");
+        let start = yaml.find("config.toml: |\n").unwrap() + "config.toml: |\n".len();
+        let toml_text: String = yaml[start..]
+            .lines()
+            .map(|l| l.strip_prefix("    ").unwrap_or(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let file: FileConfig = toml::from_str(&toml_text).unwrap();
+        let c = Config::resolve(file, None, None, None, None);
+        assert_eq!(
+            c.cri.proxy_address.as_deref(),
+            Some(Path::new("/run/hologram-snapshotter/cri.sock"))
+        );
+        assert_eq!(c.root, PathBuf::from(DEFAULT_ROOT));
+        assert_eq!(c.metrics_address, "0.0.0.0:8080");
+    }
+
     #[test]
     fn flags_win_over_file_over_defaults() {
         let file: FileConfig =
