@@ -66,8 +66,8 @@ pub use containerd::services::images::v1 as images;
 pub use containerd::services::leases::v1 as leases;
 pub use containerd::services::snapshots::v1 as snapshots;
 pub use containerd::types;
-pub use runtime::v1 as cri;
 pub use prost_types;
+pub use runtime::v1 as cri;
 
 /// Opens a gRPC channel to a unix socket (containerd's, or a snapshotter's).
 pub async fn connect_unix(

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use hologram_api::cri::{
-    self, image_service_client::ImageServiceClient,
-    runtime_service_client::RuntimeServiceClient, AuthConfig, ContainerConfig, ContainerMetadata,
-    ContainerState, ImageSpec, LinuxContainerConfig, LinuxContainerSecurityContext,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata,
+    self, image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
+    AuthConfig, ContainerConfig, ContainerMetadata, ContainerState, ImageSpec,
+    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxMetadata,
 };
 use tonic::transport::Channel;
 
@@ -92,7 +92,11 @@ impl CriClient {
     /// `RuntimeService` on `runtime_socket`, `ImageService` on
     /// `image_socket` (kubelet's `--container-runtime-endpoint` and
     /// `--image-service-endpoint`).
-    pub fn connect_split(runtime_socket: &Path, image_socket: &Path, log_root: &Path) -> Result<Self> {
+    pub fn connect_split(
+        runtime_socket: &Path,
+        image_socket: &Path,
+        log_root: &Path,
+    ) -> Result<Self> {
         let rt = runtime()?;
         let (runtime, images) = rt.block_on(async {
             let rc = hologram_api::connect_unix(runtime_socket)
@@ -246,9 +250,10 @@ impl CriClient {
         };
         let mut c = self.runtime.clone();
         let id = self
-            .call("RunPodSandbox", || async move {
-                c.run_pod_sandbox(req).await
-            })
+            .call(
+                "RunPodSandbox",
+                || async move { c.run_pod_sandbox(req).await },
+            )
             .with_context(|| format!("CRI RunPodSandbox {name}"))?
             .pod_sandbox_id;
         let cgroup_parent = config
@@ -318,9 +323,10 @@ impl CriClient {
             container_id: id.to_owned(),
         };
         let mut c = self.runtime.clone();
-        self.call("StartContainer", || async move {
-            c.start_container(req).await
-        })
+        self.call(
+            "StartContainer",
+            || async move { c.start_container(req).await },
+        )
         .map(drop)
     }
 
@@ -341,7 +347,13 @@ impl CriClient {
 
     /// Waits until container `id` has exited (polling `ContainerStatus`, as
     /// the kubelet's PLEG does), then reads its log file.
-    pub fn wait_exited(&self, pod: &Pod, id: &str, name: &str, timeout: Duration) -> Result<Finished> {
+    pub fn wait_exited(
+        &self,
+        pod: &Pod,
+        id: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Finished> {
         let mut last = None;
         wait_until(
             &format!("container {name} to exit"),
@@ -394,15 +406,19 @@ impl CriClient {
             timeout: 0,
         };
         let mut c = self.runtime.clone();
-        self.call("StopContainer", || async move { c.stop_container(stop).await })
-            .with_context(|| format!("CRI StopContainer {id}"))?;
+        self.call(
+            "StopContainer",
+            || async move { c.stop_container(stop).await },
+        )
+        .with_context(|| format!("CRI StopContainer {id}"))?;
         let rm = cri::RemoveContainerRequest {
             container_id: id.to_owned(),
         };
         let mut c = self.runtime.clone();
-        self.call("RemoveContainer", || async move {
-            c.remove_container(rm).await
-        })
+        self.call(
+            "RemoveContainer",
+            || async move { c.remove_container(rm).await },
+        )
         .with_context(|| format!("CRI RemoveContainer {id}"))?;
         Ok(())
     }

@@ -545,7 +545,11 @@ impl LazyEnv {
     /// A CRI client whose image service is `image_socket` (the daemon's
     /// CRI credentials proxy, as `--image-service-endpoint` points at it).
     pub fn cri_via(&self, image_socket: &Path) -> Result<CriClient> {
-        CriClient::connect_split(self.containerd.address(), image_socket, &self.dir().join("pods"))
+        CriClient::connect_split(
+            self.containerd.address(),
+            image_socket,
+            &self.dir().join("pods"),
+        )
     }
 
     /// The daemon's CRI image-service proxy (a CRI env's daemon serves it).

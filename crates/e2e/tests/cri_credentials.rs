@@ -94,7 +94,9 @@ fn cri_pull_secret_reaches_lazy_reads_after_the_pull() -> Result<()> {
     let cri = env.cri_proxied()?;
     // Anonymous pulls are refused by the registry (through the proxy).
     let anon = cri.pull_image(&image, None, None);
-    let err = anon.err().context("an anonymous pull of the private image succeeded")?;
+    let err = anon
+        .err()
+        .context("an anonymous pull of the private image succeeded")?;
     assert!(
         err.message().contains("401") || err.message().to_lowercase().contains("unauthorized"),
         "{err:?}"
@@ -144,7 +146,10 @@ fn cri_pull_secret_reaches_lazy_reads_after_the_pull() -> Result<()> {
 
     // The secret is nowhere but in memory: not in the daemon's log, not in
     // its files, not in snapshot labels.
-    assert!(env.log_lines(&password).is_empty(), "password in the daemon log");
+    assert!(
+        env.log_lines(&password).is_empty(),
+        "password in the daemon log"
+    );
     let on_disk = files_containing(env.snapshotter.root(), password.as_bytes());
     assert!(on_disk.is_empty(), "password on disk: {on_disk:?}");
     let labels = env
@@ -231,7 +236,10 @@ fn a_docker_credential_helper_serves_a_private_registry() -> Result<()> {
         "the helper was never asked about {}: {asked:?}",
         private.addr()
     );
-    assert!(env.log_lines(&password).is_empty(), "password in the daemon log");
+    assert!(
+        env.log_lines(&password).is_empty(),
+        "password in the daemon log"
+    );
     Ok(())
 }
 

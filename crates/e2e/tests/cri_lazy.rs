@@ -33,7 +33,10 @@ fn cri_pull_mounts_layers_lazily_and_the_pod_runs() -> Result<()> {
     let cri = env.cri()?;
     let v = cri.version()?;
     assert_eq!(v.runtime_name, "containerd", "{v:?}");
-    assert!(env.fuse_mounts()?.is_empty(), "nothing mounted before the pull");
+    assert!(
+        env.fuse_mounts()?.is_empty(),
+        "nothing mounted before the pull"
+    );
 
     let image_ref = cri.pull_image_ok(&esgz, None)?;
     assert!(image_ref.starts_with("sha256:"), "{image_ref}");
@@ -100,13 +103,26 @@ fn cri_enforce_refuses_an_unsigned_image_with_the_witness_error() -> Result<()> 
     let signed_ref = cri.pull_image_ok(&signed, None)?;
     env.check_layers_fuse_mounted(&image_facts(&signed)?)?;
     let pod = cri.run_pod("enforce")?;
-    let fin = cri.run_to_completion(&pod, "signed", &signed_ref, &["/bin/cat", "/data/keep.txt"], RUN_TIMEOUT)?;
-    assert_eq!((fin.exit_code, fin.log.as_str()), (0, "keep v3 (layer 3)\n"), "{fin:?}");
+    let fin = cri.run_to_completion(
+        &pod,
+        "signed",
+        &signed_ref,
+        &["/bin/cat", "/data/keep.txt"],
+        RUN_TIMEOUT,
+    )?;
+    assert_eq!(
+        (fin.exit_code, fin.log.as_str()),
+        (0, "keep v3 (layer 3)\n"),
+        "{fin:?}"
+    );
 
     // The unsigned one never starts: the kubelet's PullImage gets the
     // witness error (image, UOR-ID, reason) from containerd.
     let err = match cri.pull_image(&unsigned, None, Some(&pod.config)) {
-        Ok(r) => panic!("unsigned image pulled under enforce: {r}\n{}", env.diagnostics()),
+        Ok(r) => panic!(
+            "unsigned image pulled under enforce: {r}\n{}",
+            env.diagnostics()
+        ),
         Err(status) => status,
     };
     let msg = err.message();

@@ -79,7 +79,9 @@ impl std::fmt::Debug for GivenCredential {
 impl From<GivenCredential> for Credential {
     fn from(g: GivenCredential) -> Self {
         match g {
-            GivenCredential::Basic { username, password } => Credential::Basic { username, password },
+            GivenCredential::Basic { username, password } => {
+                Credential::Basic { username, password }
+            }
             GivenCredential::IdentityToken(token) => Credential::IdentityToken { token },
         }
     }
@@ -140,7 +142,11 @@ impl SessionCredentials {
                 .get(&(h.to_owned(), repository.to_owned()))
                 .map(|(_, c)| c.clone())
         };
-        get(&h).or_else(|| (host == DOCKER_HUB_API_HOST).then(|| get(DOCKER_HUB)).flatten())
+        get(&h).or_else(|| {
+            (host == DOCKER_HUB_API_HOST)
+                .then(|| get(DOCKER_HUB))
+                .flatten()
+        })
     }
 }
 
@@ -192,7 +198,11 @@ pub(crate) fn parse_helper_answer(out: &[u8]) -> Result<Option<Credential>, Stri
 
 /// Runs `docker-credential-<name> get` (found on `PATH`) for `server_url`.
 async fn run_helper(name: &str, server_url: &str) -> Result<Option<Credential>, String> {
-    run_helper_program(std::path::Path::new(&format!("docker-credential-{name}")), server_url).await
+    run_helper_program(
+        std::path::Path::new(&format!("docker-credential-{name}")),
+        server_url,
+    )
+    .await
 }
 
 async fn run_helper_program(
@@ -225,7 +235,9 @@ async fn run_helper_program(
         .await
         .map_err(|_| format!("{program} did not answer within {HELPER_TIMEOUT:?}"))??;
     if out.stdout.len() > MAX_HELPER_OUTPUT {
-        return Err(format!("{program}: answer larger than {MAX_HELPER_OUTPUT} bytes"));
+        return Err(format!(
+            "{program}: answer larger than {MAX_HELPER_OUTPUT} bytes"
+        ));
     }
     if !out.status.success() {
         // "credentials not found in native keychain" and the like: stdout
@@ -274,14 +286,14 @@ impl Credentials {
             return Some(c);
         }
         if let Some(helper) = self.file.helper_for(host) {
-            if let Some(c) = self.from_helper(&helper, host).await {
+            if let Some(c) = self.ask_helper(&helper, host).await {
                 return Some(c);
             }
         }
         self.file.lookup(host).cloned()
     }
 
-    async fn from_helper(&self, helper: &str, host: &str) -> Option<Credential> {
+    async fn ask_helper(&self, helper: &str, host: &str) -> Option<Credential> {
         let key = format!("{helper}\0{host}");
         let cached = |me: &Self| {
             me.helper_cache
@@ -343,14 +355,21 @@ mod tests {
         s.remember_for(&hub, GivenCredential::IdentityToken("tok".into()));
         assert!(s.has(DOCKER_HUB_API_HOST, "library/busybox"));
         let shown = format!("{s:?} {:?}", s.lookup("127.0.0.1:5000", "team/app"));
-        assert!(!shown.contains("hunter2") && !shown.contains("tok\""), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("tok\""),
+            "{shown}"
+        );
     }
 
     #[test]
     fn session_credentials_are_bounded() {
         let s = SessionCredentials::new();
         for i in 0..(MAX_SESSION_ENTRIES + 10) {
-            s.remember("r.example", &format!("repo{i}"), GivenCredential::IdentityToken("t".into()));
+            s.remember(
+                "r.example",
+                &format!("repo{i}"),
+                GivenCredential::IdentityToken("t".into()),
+            );
         }
         assert_eq!(s.len(), MAX_SESSION_ENTRIES);
         assert!(!s.has("r.example", "repo0"));
@@ -374,7 +393,10 @@ mod tests {
         assert!(parse_helper_answer(b"credentials not found").is_err());
         assert!(valid_helper_name("ecr-login") && valid_helper_name("desktop.exe"));
         assert!(!valid_helper_name("../x") && !valid_helper_name("") && !valid_helper_name("a b"));
-        assert_eq!(helper_server_url("docker.io"), "https://index.docker.io/v1/");
+        assert_eq!(
+            helper_server_url("docker.io"),
+            "https://index.docker.io/v1/"
+        );
         assert_eq!(helper_server_url("127.0.0.1:5000"), "127.0.0.1:5000");
         assert_eq!(scope_repository("repository:a/b:pull"), "a/b");
         assert_eq!(scope_repository("repository:a/b:pull,push"), "a/b");
@@ -403,8 +425,13 @@ mod tests {
                 password: "s3".into()
             })
         );
-        assert_eq!(run_helper_program(&script, "other.example").await.unwrap(), None);
-        assert!(run_helper_program(&dir.path().join("missing"), "r.example").await.is_err());
+        assert_eq!(
+            run_helper_program(&script, "other.example").await.unwrap(),
+            None
+        );
+        assert!(run_helper_program(&dir.path().join("missing"), "r.example")
+            .await
+            .is_err());
         assert_eq!(file.helper_for("r.example").as_deref(), Some("unit"));
         assert_eq!(file.helper_for("other.example"), None);
     }

@@ -85,8 +85,8 @@ pub use blob::RegistryBlob;
 /// containerd's hosts.toml directory, where both the daemon and `hologram`
 /// look by default (CRI's `config_path` convention).
 pub const DEFAULT_HOSTS_DIR: &str = "/etc/containerd/certs.d";
-pub use creds::{GivenCredential, SessionCredentials};
 pub use client::{RegistryClient, RegistryConfig, MAX_RANGE_BODY};
+pub use creds::{GivenCredential, SessionCredentials};
 pub use error::Error;
 pub use hologram_oci::{media_types, Digest, Platform, Reference, DOCKER_HUB, DOCKER_HUB_API_HOST};
 pub use manifest::{verify, Manifest};

@@ -117,7 +117,9 @@ fn server_host(server_address: &str) -> Option<String> {
 /// lazy reads end).
 fn given_credential(a: &cri::AuthConfig) -> Result<Option<GivenCredential>, &'static str> {
     if !a.identity_token.is_empty() {
-        return Ok(Some(GivenCredential::IdentityToken(a.identity_token.clone())));
+        return Ok(Some(GivenCredential::IdentityToken(
+            a.identity_token.clone(),
+        )));
     }
     if !a.username.is_empty() || !a.password.is_empty() {
         return Ok(Some(GivenCredential::Basic {
@@ -157,7 +159,10 @@ impl ImageService for CriImageProxy {
         &self,
         request: Request<cri::ImageStatusRequest>,
     ) -> Result<Response<cri::ImageStatusResponse>, Status> {
-        self.client().await?.image_status(request.into_inner()).await
+        self.client()
+            .await?
+            .image_status(request.into_inner())
+            .await
     }
 
     async fn pull_image(
@@ -173,14 +178,20 @@ impl ImageService for CriImageProxy {
         &self,
         request: Request<cri::RemoveImageRequest>,
     ) -> Result<Response<cri::RemoveImageResponse>, Status> {
-        self.client().await?.remove_image(request.into_inner()).await
+        self.client()
+            .await?
+            .remove_image(request.into_inner())
+            .await
     }
 
     async fn image_fs_info(
         &self,
         request: Request<cri::ImageFsInfoRequest>,
     ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
-        self.client().await?.image_fs_info(request.into_inner()).await
+        self.client()
+            .await?
+            .image_fs_info(request.into_inner())
+            .await
     }
 }
 
@@ -230,9 +241,18 @@ mod tests {
     #[test]
     fn server_addresses() {
         assert_eq!(server_host(""), None);
-        assert_eq!(server_host("https://index.docker.io/v1/").as_deref(), Some("docker.io"));
-        assert_eq!(server_host("127.0.0.1:5000").as_deref(), Some("127.0.0.1:5000"));
-        assert_eq!(server_host("http://R.example/x").as_deref(), Some("r.example"));
+        assert_eq!(
+            server_host("https://index.docker.io/v1/").as_deref(),
+            Some("docker.io")
+        );
+        assert_eq!(
+            server_host("127.0.0.1:5000").as_deref(),
+            Some("127.0.0.1:5000")
+        );
+        assert_eq!(
+            server_host("http://R.example/x").as_deref(),
+            Some("r.example")
+        );
     }
 
     #[tokio::test]

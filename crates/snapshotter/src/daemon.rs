@@ -319,7 +319,8 @@ mod tests {
         let name = format!("@hologram-test-{}", std::process::id());
         let arx = {
             use std::os::linux::net::SocketAddrExt as _;
-            let a = std::os::unix::net::SocketAddr::from_abstract_name(&name.as_bytes()[1..]).unwrap();
+            let a =
+                std::os::unix::net::SocketAddr::from_abstract_name(&name.as_bytes()[1..]).unwrap();
             std::os::unix::net::UnixDatagram::bind_addr(&a).unwrap()
         };
         sd_notify(std::ffi::OsStr::new(&name), b"READY=1").unwrap();

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use hologram_fs::layer::LayerConfig;
 use hologram_remote::{RegistryConfig, SessionCredentials};
-use hologram_snapshotter::cri_proxy::CriImageProxy;
 use hologram_snapshotter::config::{Config, FileConfig, RemoteSection, DEFAULT_CONFIG};
+use hologram_snapshotter::cri_proxy::CriImageProxy;
 use hologram_snapshotter::remote::{RemoteConfig, RemoteLayers};
 use std::net::SocketAddr;
 
