@@ -5,11 +5,14 @@ BUILD := build
 BINS := hologram-snapshotter hologram-fdstore hologram
 PREFIX ?= /usr/local
 APT_PKGS := containerd runc fuse3 docker-registry skopeo umoci busybox-static iproute2 curl python3 \
-  python3-prometheus-client ca-certificates stargz-snapshotter debootstrap stress-ng git
+  python3-prometheus-client ca-certificates stargz-snapshotter debootstrap stress-ng git \
+  apache2-utils python3-jsonschema python3-yaml
 # The Rust toolchain is not a Debian package here (bookworm's rustc is too old):
 # it comes from rustup; this is the oldest the workspace builds with.
 RUST_MIN := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 
+PHONY_EXTRA := validate-deploy
+.PHONY: $(PHONY_EXTRA)
 .PHONY: all build build-all install check-toolchain dev-setup check-fresh soak fuzz fuzz-smoke test test-unit test-integration test-coverage fmt lint vet security demo bench bench-setup bench-lazy bench-quick clean
 
 all: build
@@ -63,7 +66,11 @@ dev-setup: check-toolchain
 
 ## test: everything: unit, gRPC-level and end-to-end (real containerd, runc,
 ## registry), then a short run of every fuzz target
-test: dev-setup test-unit test-integration fuzz-smoke
+test: dev-setup test-unit validate-deploy test-integration fuzz-smoke
+
+## validate-deploy: deploy/ manifests against strict schemas, TOML files parse
+validate-deploy:
+	python3 scripts/validate-deploy.py deploy
 
 test-unit:
 	$(CARGO) test --locked --workspace --exclude hologram-e2e

@@ -16,6 +16,7 @@
 //! `target/debug/hologram-snapshotter` (build it first).
 
 pub mod containerd;
+pub mod cri;
 pub mod env;
 pub mod equivalence;
 pub mod faulty;
@@ -27,6 +28,7 @@ pub mod process;
 pub mod prom;
 pub mod proxy;
 pub mod registry;
+pub mod side_registry;
 pub mod snapshotter;
 pub mod stoppable_registry;
 pub mod treedump;
