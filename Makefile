@@ -73,7 +73,9 @@ test: dev-setup test-unit validate-deploy test-integration fuzz-smoke
 
 ## validate-deploy: deploy/ manifests against strict schemas, TOML files parse
 validate-deploy:
-	python3 scripts/validate-deploy.py deploy
+	@# Debian's python3: dev-setup installs its jsonschema and yaml (a pyenv python3
+	@# first on PATH may lack them)
+	/usr/bin/python3 scripts/validate-deploy.py deploy
 
 test-unit:
 	$(CARGO) test --locked --workspace --exclude hologram-e2e
