@@ -6,11 +6,16 @@ BINS := hologram-snapshotter hologram-fdstore hologram
 PREFIX ?= /usr/local
 APT_PKGS := containerd runc fuse3 docker-registry skopeo umoci busybox-static iproute2 curl python3 \
   python3-prometheus-client ca-certificates stargz-snapshotter debootstrap stress-ng git \
-  chromium chromium-driver
+  apache2-utils python3-jsonschema python3-yaml chromium chromium-driver
+# Another apt (unattended upgrades, a parallel job) may hold the dpkg lock:
+# wait for it instead of failing.
+APT_GET := apt-get -o DPkg::Lock::Timeout=600
 # The Rust toolchain is not a Debian package here (bookworm's rustc is too old):
 # it comes from rustup; this is the oldest the workspace builds with.
 RUST_MIN := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 
+PHONY_EXTRA := validate-deploy
+.PHONY: $(PHONY_EXTRA)
 .PHONY: all build build-all install check-toolchain dev-setup check-fresh soak fuzz fuzz-smoke test test-unit test-integration test-coverage fmt lint vet security demo bench bench-setup bench-lazy bench-quick clean
 
 all: build
@@ -57,14 +62,20 @@ dev-setup: check-toolchain
 	@missing=$$(for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing: $$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  $(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq $$missing; \
 	else echo "dev-setup: all packages present"; fi
 	@# the python3 first on PATH may not be Debian's (pyenv): give it the parser the tests use
 	@python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus-client
 
 ## test: everything: unit, gRPC-level and end-to-end (real containerd, runc,
 ## registry), then a short run of every fuzz target
-test: dev-setup test-unit test-integration fuzz-smoke
+test: dev-setup test-unit validate-deploy test-integration fuzz-smoke
+
+## validate-deploy: deploy/ manifests against strict schemas, TOML files parse
+validate-deploy:
+	@# Debian's python3: dev-setup installs its jsonschema and yaml (a pyenv python3
+	@# first on PATH may lack them)
+	/usr/bin/python3 scripts/validate-deploy.py deploy
 
 test-unit:
 	$(CARGO) test --locked --workspace --exclude hologram-e2e
@@ -140,21 +151,21 @@ security:
 demo: dev-setup build
 	scripts/demo.sh
 
-## bench: hologram vs containerd's overlayfs, each measured in the same run:
-## Prepare+Commit latency; cold start + bytes fetched (python image);
-## FUSE read throughput with metrics on and off
 ## bench: everything `make bench-lazy` does, plus Prepare+Commit latency,
-## the loopback cold start and the FUSE read path (see docs/BENCHMARKS.md)
+## the loopback cold start, the FUSE read path (hologram vs containerd's
+## overlayfs, each measured in the same run) and the criterion
+## micro-benchmarks (see docs/BENCHMARKS.md)
 BENCH_PKGS := golang-go python3-pip fonts-dejavu-core iproute2
 bench-setup: dev-setup
 	@missing=$$(for p in $(BENCH_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	if [ -n "$$missing" ]; then $(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq $$missing; fi
 
 bench: bench-setup build
 	cargo build --release --locked -p hologram-bench
 	scripts/bench-snapshots.sh
 	scripts/bench-coldstart.sh
 	scripts/bench-read.sh
+	cargo bench --locked -p hologram-bench --bench micro
 	scripts/bench_lazy.py $(BENCH_ARGS)
 
 ## bench-lazy: cold start / warm re-run of python, big and gcc over a shaped

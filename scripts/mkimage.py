@@ -29,6 +29,11 @@ the output is byte-for-byte reproducible):
   3. regular file /replaced ("now a file") replacing the directory of layer 1,
      modified /data/keep.txt
 
+With --pause only layer 1 is written and the command is `/bin/sleep
+2147483647` (a pod sandbox image for the CRI tests). With --big-file MIB a
+last layer holds /data/big.bin, MIB MiB of deterministic incompressible bytes
+(its sha256 is listed under "files"), and /bin/sha256sum.
+
 With --xattrs a 4th layer is added (layers 1-3 stay byte-identical):
 
   4. /data/rand-1.bin, /data/rand-2.bin, /data/rand-3.bin (64 KiB each of
@@ -244,6 +249,12 @@ def main(argv):
     ap.add_argument("--xattrs", action="store_true",
                     help="add a 4th layer with xattrs (user.*, security.capability) "
                          "and incompressible files")
+    ap.add_argument("--big-file", type=int, default=0, metavar="MIB",
+                    help="add a last layer with /data/big.bin, MIB MiB of incompressible "
+                         "bytes (listed in the summary's \"files\")")
+    ap.add_argument("--pause", action="store_true",
+                    help="a pause image for CRI pod sandboxes: layer 1 only, and "
+                         "/bin/sleep as its command")
     args = ap.parse_args(argv)
 
     try:
@@ -257,9 +268,21 @@ def main(argv):
 
     layers = build_layers(busybox)
     files = None
+    if args.pause:
+        layers = layers[:1]
     if args.xattrs:
         l4, files = build_xattr_layer()
         layers.append(l4)
+    if args.big_file > 0:
+        big = pseudo_random(b"hologram-e2e big", args.big_file << 20)
+        lb = Layer()
+        lb.dir("data")
+        lb.file("data/big.bin", big)
+        lb.dir("bin")
+        lb.symlink("bin/sha256sum", "busybox")
+        layers.append(lb)
+        files = dict(files or {})
+        files["data/big.bin"] = sha256(big)
 
     layer_descs, diff_ids = [], []
     for layer in layers:
@@ -281,7 +304,8 @@ def main(argv):
         "os": "linux",
         "config": {
             "Env": ["PATH=/bin"],
-            "Cmd": ["/bin/sh", "-c", "echo hello-from-hologram"],
+            "Cmd": (["/bin/sleep", "2147483647"] if args.pause
+                    else ["/bin/sh", "-c", "echo hello-from-hologram"]),
             "WorkingDir": "/",
         },
         "rootfs": {"type": "layers", "diff_ids": diff_ids},

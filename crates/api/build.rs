@@ -1,5 +1,5 @@
 //! Compiles containerd's vendored protos (snapshots, content, images, leases,
-//! diff) with `protox` (a pure-Rust
+//! diff) and the Kubernetes CRI (`runtime.v1`) with `protox` (a pure-Rust
 //! protobuf compiler, so no `protoc` is needed) and generates prost messages plus
 //! tonic client and server code.
 
@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/containerd/services/images/v1/images.proto",
         "proto/containerd/services/leases/v1/leases.proto",
         "proto/containerd/services/diff/v1/diff.proto",
+        "proto/k8s/runtime/v1/api.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -23,6 +23,8 @@ pub const CTR_TIMEOUT: Duration = Duration::from_secs(180);
 /// cgroups/runc state of its namespace.
 pub struct Containerd {
     daemon: Option<Daemon>,
+    /// The CRI plugin runs (pods in namespace `k8s.io`).
+    cri: bool,
     address: PathBuf,
     namespace: String,
     root: PathBuf,
@@ -45,6 +47,23 @@ impl Containerd {
     }
 
     fn start_with(snapshotter_socket: Option<&Path>) -> Result<Self> {
+        Self::start_configured(snapshotter_socket, None)
+    }
+
+    /// containerd with `[proxy_plugins.hologram]` and its CRI plugin
+    /// enabled the way a Kubernetes node runs it: `snapshotter = "hologram"`,
+    /// `disable_snapshot_annotations = false`, `config_path` (hosts.toml),
+    /// the sandbox image given, no CNI needed for host-network pods. Its
+    /// runc state, CRI state and stream server are private to this
+    /// instance. Drive it with [`crate::cri::CriClient`].
+    pub fn start_cri(snapshotter_socket: &Path, cri: &CriSettings) -> Result<Self> {
+        Self::start_configured(Some(snapshotter_socket), Some(cri))
+    }
+
+    fn start_configured(
+        snapshotter_socket: Option<&Path>,
+        cri: Option<&CriSettings>,
+    ) -> Result<Self> {
         let dir = short_tempdir("hg-ctd-")?;
         let root = dir.path().join("root");
         let state = dir.path().join("state");
@@ -55,11 +74,16 @@ impl Containerd {
         if address.as_os_str().len() >= 100 {
             bail!("containerd socket path too long: {}", address.display());
         }
+        let disabled = if cri.is_some() {
+            ""
+        } else {
+            "\"io.containerd.grpc.v1.cri\""
+        };
         let mut toml = format!(
             "version = 2\n\
              root = {root:?}\n\
              state = {state:?}\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             disabled_plugins = [{disabled}]\n\
              [grpc]\n  address = {address:?}\n\
              [ttrpc]\n  address = {ttrpc:?}\n\
              [debug]\n  level = \"debug\"\n\
@@ -77,12 +101,16 @@ impl Containerd {
                 sock.display().to_string()
             ));
         }
+        if let Some(c) = cri {
+            toml.push_str(&c.toml(dir.path())?);
+        }
         std::fs::write(&config, toml).context("writing containerd config")?;
         let mut cmd = Command::new("containerd");
         cmd.arg("--config").arg(&config);
         let daemon = Daemon::spawn("containerd", cmd, &log)?;
         let mut me = Self {
             daemon: Some(daemon),
+            cri: cri.is_some(),
             address,
             namespace: unique_namespace(),
             root,
@@ -338,8 +366,14 @@ impl Containerd {
         }
     }
 
-    fn list_ids(&self, args: &[&str]) -> Vec<String> {
-        match run_with_timeout(&mut self.ctr_command(args), Duration::from_secs(20)) {
+    fn list_ids_in(&self, ns: &str, args: &[&str]) -> Vec<String> {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(&self.address)
+            .arg("--namespace")
+            .arg(ns)
+            .args(args);
+        match run_with_timeout(&mut cmd, Duration::from_secs(20)) {
             Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .map(str::trim)
@@ -350,18 +384,36 @@ impl Containerd {
         }
     }
 
-    /// Best-effort removal of tasks and containers of our namespace.
+    /// The namespaces this instance runs containers in.
+    fn namespaces(&self) -> Vec<String> {
+        let mut v = vec![self.namespace.clone()];
+        if self.cri {
+            v.push(crate::cri::CRI_NAMESPACE.to_owned());
+        }
+        v
+    }
+
+    /// Best-effort removal of tasks and containers of our namespaces (pods
+    /// a CRI test left behind included).
     fn remove_tasks_and_containers(&self) {
         let short = Duration::from_secs(20);
-        for id in self.list_ids(&["tasks", "ls", "-q"]) {
-            let _ = run_with_timeout(
-                &mut self.ctr_command(&["tasks", "kill", "--all", "--signal", "SIGKILL", &id]),
-                short,
-            );
-            let _ = run_with_timeout(&mut self.ctr_command(&["tasks", "rm", "-f", &id]), short);
-        }
-        for id in self.list_ids(&["containers", "ls", "-q"]) {
-            let _ = run_with_timeout(&mut self.ctr_command(&["containers", "rm", &id]), short);
+        for ns in self.namespaces() {
+            let ctr = |args: &[&str]| {
+                let mut cmd = Command::new("ctr");
+                cmd.arg("--address")
+                    .arg(&self.address)
+                    .arg("--namespace")
+                    .arg(&ns)
+                    .args(args);
+                let _ = run_with_timeout(&mut cmd, short);
+            };
+            for id in self.list_ids_in(&ns, &["tasks", "ls", "-q"]) {
+                ctr(&["tasks", "kill", "--all", "--signal", "SIGKILL", &id]);
+                ctr(&["tasks", "rm", "-f", &id]);
+            }
+            for id in self.list_ids_in(&ns, &["containers", "ls", "-q"]) {
+                ctr(&["containers", "rm", &id]);
+            }
         }
     }
 
@@ -370,15 +422,14 @@ impl Containerd {
     /// processes (init.pid files in our state dir).
     fn leftover_pids(&self) -> Vec<u32> {
         let mut pids = Vec::new();
-        let tasks = self
-            .state
-            .join("io.containerd.runtime.v2.task")
-            .join(&self.namespace);
-        if let Ok(entries) = std::fs::read_dir(&tasks) {
-            for e in entries.flatten() {
-                if let Ok(text) = std::fs::read_to_string(e.path().join("init.pid")) {
-                    if let Ok(pid) = text.trim().parse::<u32>() {
-                        pids.push(pid);
+        for ns in self.namespaces() {
+            let tasks = self.state.join("io.containerd.runtime.v2.task").join(ns);
+            if let Ok(entries) = std::fs::read_dir(&tasks) {
+                for e in entries.flatten() {
+                    if let Ok(text) = std::fs::read_to_string(e.path().join("init.pid")) {
+                        if let Ok(pid) = text.trim().parse::<u32>() {
+                            pids.push(pid);
+                        }
                     }
                 }
             }
@@ -439,6 +490,60 @@ impl Drop for Containerd {
             eprintln!("e2e cleanup: {e:#}");
         }
         self.remove_namespace_leftovers();
+    }
+}
+
+/// The CRI plugin's settings in a test containerd.
+#[derive(Debug, Clone)]
+pub struct CriSettings {
+    /// `sandbox_image` (the pause image; pulled through the snapshotter
+    /// like every CRI image).
+    pub sandbox_image: String,
+    /// `registry.config_path`: a containerd certs.d directory.
+    pub hosts_dir: PathBuf,
+}
+
+impl CriSettings {
+    /// The `[plugins."io.containerd.grpc.v1.cri"]` section. `dir` is the
+    /// instance's temp dir (runc state, CNI dirs). The machines lack
+    /// CAP_SYS_RESOURCE (`restrict_oom_score_adj`); AppArmor profiles are not
+    /// loaded here (`disable_apparmor`); the stream server takes a free
+    /// port so instances do not collide.
+    fn toml(&self, dir: &Path) -> Result<String> {
+        let runc_root = dir.join("runc");
+        let cni_bin = dir.join("cni-bin");
+        let cni_conf = dir.join("cni-conf");
+        for d in [&runc_root, &cni_bin, &cni_conf] {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let q = |p: &Path| format!("{:?}", p.display().to_string());
+        Ok(format!(
+            "[plugins.\"io.containerd.grpc.v1.cri\"]\n\
+             \x20 sandbox_image = {sandbox:?}\n\
+             \x20 restrict_oom_score_adj = true\n\
+             \x20 disable_apparmor = true\n\
+             \x20 enable_selinux = false\n\
+             \x20 stream_server_address = \"127.0.0.1\"\n\
+             \x20 stream_server_port = \"0\"\n\
+             \x20 [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n\
+             \x20   snapshotter = \"{SNAPSHOTTER}\"\n\
+             \x20   disable_snapshot_annotations = false\n\
+             \x20   default_runtime_name = \"runc\"\n\
+             \x20   [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n\
+             \x20     runtime_type = \"io.containerd.runc.v2\"\n\
+             \x20     [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n\
+             \x20       Root = {runc}\n\
+             \x20 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
+             \x20   bin_dir = {cni_bin}\n\
+             \x20   conf_dir = {cni_conf}\n\
+             \x20 [plugins.\"io.containerd.grpc.v1.cri\".registry]\n\
+             \x20   config_path = {hosts}\n",
+            sandbox = self.sandbox_image,
+            runc = q(&runc_root),
+            cni_bin = q(&cni_bin),
+            cni_conf = q(&cni_conf),
+            hosts = q(&self.hosts_dir),
+        ))
     }
 }
 

@@ -12,7 +12,8 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
-use crate::containerd::{Containerd, SNAPSHOTTER};
+use crate::containerd::{Containerd, CriSettings, SNAPSHOTTER};
+use crate::cri::CriClient;
 use crate::env::{mount_printed, MountGuard, REQUIRED_TOOLS};
 use crate::mounts::unmount_under;
 use crate::process::run_with_timeout;
@@ -347,6 +348,12 @@ pub struct LazyOptions {
     /// Put the chunk cache on a tmpfs of this size (`mount -o size=`), to
     /// run out of cache space (unmounted with the daemon's root).
     pub cache_tmpfs: Option<String>,
+    /// Run containerd's CRI plugin as a Kubernetes node does (see
+    /// [`Containerd::start_cri`]): a pause image (`scripts/mkimage.py
+    /// --pause`) is pushed as `<registry>/e2e/pause:1`, and containerd and
+    /// the daemon share a hosts.toml directory ([`LazyEnv::hosts_dir`],
+    /// `hosts_dir` is added to the daemon's `[remote]` section).
+    pub cri: bool,
 }
 
 impl Default for LazyOptions {
@@ -356,6 +363,7 @@ impl Default for LazyOptions {
             metrics_address: None,
             env: Vec::new(),
             cache_tmpfs: None,
+            cri: false,
         }
     }
 }
@@ -374,7 +382,51 @@ pub struct LazyEnv {
     pub containerd: Containerd,
     pub snapshotter: Snapshotter,
     pub registry: StoppableRegistry,
+    hosts_dir: PathBuf,
     dir: TempDir,
+}
+
+/// The daemon's CRI proxy socket in a CRI env's directory.
+const CRI_PROXY_SOCKET: &str = "cri.sock";
+/// A link to containerd's socket in a CRI env's directory.
+const CONTAINERD_LINK: &str = "ctd.sock";
+
+/// Repository and tag of the CRI envs' pause image.
+pub const PAUSE_REPO_TAG: &str = "e2e/pause:1";
+
+/// Writes `<hosts_dir>/<host>_<port>_/hosts.toml` for the plain-HTTP
+/// registry `addr` ("127.0.0.1:PORT"), with `mirrors` ("127.0.0.1:PORT",
+/// plain HTTP, pull and resolve) tried first, as containerd's CRI and the
+/// daemon both read it.
+pub fn write_hosts_toml(hosts_dir: &Path, addr: &str, mirrors: &[&str]) -> Result<PathBuf> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .with_context(|| format!("no port in {addr}"))?;
+    let d = hosts_dir.join(format!("{host}_{port}_"));
+    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    let mut toml = format!("server = \"http://{addr}\"\n");
+    for m in mirrors {
+        toml.push_str(&format!(
+            "\n[host.\"http://{m}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+        ));
+    }
+    toml.push_str(&format!(
+        "\n[host.\"http://{addr}\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n"
+    ));
+    let file = d.join("hosts.toml");
+    std::fs::write(&file, toml).with_context(|| format!("writing {}", file.display()))?;
+    Ok(file)
+}
+
+/// `config` (a daemon TOML config) with `key = "value"` set in its
+/// `[remote]` section (added when missing).
+pub fn with_remote_key(config: &str, key: &str, value: &str) -> String {
+    let line = format!("{key} = {value:?}\n");
+    if config.contains("[remote]\n") {
+        config.replacen("[remote]\n", &format!("[remote]\n{line}"), 1)
+    } else {
+        format!("{config}\n[remote]\n{line}")
+    }
 }
 
 impl LazyEnv {
@@ -390,8 +442,21 @@ impl LazyEnv {
         let registry = StoppableRegistry::start()?;
         let root = dir.path().join("sn");
         let socket = dir.path().join("sn.sock");
+        let hosts_dir = dir.path().join("certs.d");
+        let mut config = opts.config.clone();
+        if opts.cri {
+            write_hosts_toml(&hosts_dir, registry.addr(), &[])?;
+            config = with_remote_key(&config, "hosts_dir", &hosts_dir.display().to_string());
+            // The daemon's CRI credentials proxy, forwarding to containerd
+            // through a link made once containerd runs.
+            config.push_str(&format!(
+                "\n[cri]\nproxy_address = {:?}\ncontainerd_address = {:?}\n",
+                dir.path().join(CRI_PROXY_SOCKET).display().to_string(),
+                dir.path().join(CONTAINERD_LINK).display().to_string(),
+            ));
+        }
         let mut snapshotter = Snapshotter::new(&root, &socket)?;
-        snapshotter.write_config(&opts.config)?;
+        snapshotter.write_config(&config)?;
         if let Some(m) = &opts.metrics_address {
             snapshotter.set_metrics_address(m);
         }
@@ -422,18 +487,124 @@ impl LazyEnv {
             }
         }
         snapshotter.start_again()?;
-        let mut containerd = Containerd::start(&socket)?;
+        let mut containerd = if opts.cri {
+            let layout = dir.path().join("pause-layout");
+            let layout_s = layout.display().to_string();
+            run_script(
+                "mkimage.py",
+                &[&layout_s, "pause", "--pause"],
+                Duration::from_secs(60),
+            )?;
+            let sandbox_image = push_layout_to(registry.addr(), &layout, "pause", PAUSE_REPO_TAG)?;
+            Containerd::start_cri(
+                &socket,
+                &CriSettings {
+                    sandbox_image,
+                    hosts_dir: hosts_dir.clone(),
+                },
+            )?
+        } else {
+            Containerd::start(&socket)?
+        };
         containerd.attach_log("hologram-snapshotter", snapshotter.log());
+        if opts.cri {
+            let link = dir.path().join(CONTAINERD_LINK);
+            std::os::unix::fs::symlink(containerd.address(), &link)
+                .with_context(|| format!("linking {}", link.display()))?;
+        }
         Ok(Self {
             containerd,
             snapshotter,
             registry,
+            hosts_dir,
             dir,
         })
     }
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The containerd certs.d directory containerd's CRI and the daemon
+    /// read (written only with [`LazyOptions::cri`]).
+    pub fn hosts_dir(&self) -> &Path {
+        &self.hosts_dir
+    }
+
+    /// The pause image of a CRI env.
+    pub fn pause_image(&self) -> String {
+        format!("{}/{PAUSE_REPO_TAG}", self.registry.addr())
+    }
+
+    /// A CRI client on this env's containerd (which must run its CRI
+    /// plugin), as the kubelet connects with `--container-runtime-endpoint`.
+    pub fn cri(&self) -> Result<CriClient> {
+        CriClient::connect(self.containerd.address(), &self.dir().join("pods"))
+    }
+
+    /// A CRI client whose image service is `image_socket` (the daemon's
+    /// CRI credentials proxy, as `--image-service-endpoint` points at it).
+    pub fn cri_via(&self, image_socket: &Path) -> Result<CriClient> {
+        CriClient::connect_split(
+            self.containerd.address(),
+            image_socket,
+            &self.dir().join("pods"),
+        )
+    }
+
+    /// The daemon's CRI image-service proxy (a CRI env's daemon serves it).
+    pub fn cri_proxy_socket(&self) -> PathBuf {
+        self.dir().join(CRI_PROXY_SOCKET)
+    }
+
+    /// A CRI client as a kubelet with `--image-service-endpoint` at the
+    /// daemon's proxy: images through the proxy, the rest to containerd.
+    pub fn cri_proxied(&self) -> Result<CriClient> {
+        self.cri_via(&self.cri_proxy_socket())
+    }
+
+    /// `hologram pull` with extra environment variables (`DOCKER_CONFIG`,
+    /// `PATH` for credential helpers), whatever the outcome.
+    pub fn hologram_pull_env(&self, reference: &str, env: &[(&str, &str)]) -> Result<Output> {
+        let address = self.containerd.address().display().to_string();
+        let socket = self.snapshotter.socket().display().to_string();
+        let mut cmd = Command::new(hologram_bin()?);
+        cmd.args([
+            "pull",
+            "--address",
+            &address,
+            "-n",
+            self.containerd.namespace(),
+            "--plain-http",
+            "--snapshotter",
+            SNAPSHOTTER,
+            "--snapshotter-socket",
+            &socket,
+            "--check-timeout",
+            "120",
+            reference,
+        ]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        run_with_timeout(&mut cmd, CLI_TIMEOUT)
+    }
+
+    /// Builds `scripts/mkimage.py` with `args` (e.g. `--big-file 16`) and
+    /// pushes it.
+    pub fn push_mkimage_with(&self, args: &[&str], repo_tag: &str) -> Result<Pushed> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let layout = self
+            .dir()
+            .join(format!("layout-x{}", N.fetch_add(1, Ordering::Relaxed)));
+        let layout_s = layout.display().to_string();
+        let mut full = vec![layout_s.as_str(), "img"];
+        full.extend_from_slice(args);
+        let out = run_script("mkimage.py", &full, Duration::from_secs(120))?;
+        let summary: serde_json::Value =
+            serde_json::from_str(&out).context("mkimage.py summary")?;
+        let reference = self.push_layout(&layout, "img", repo_tag)?;
+        Ok(Pushed { reference, summary })
     }
 
     /// `ctr <args>` in the test namespace.

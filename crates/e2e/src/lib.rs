@@ -17,16 +17,19 @@
 
 pub mod browser;
 pub mod containerd;
+pub mod cri;
 pub mod env;
 pub mod equivalence;
 pub mod faulty;
 pub mod image;
 pub mod lazy;
 pub mod mounts;
+pub mod netns;
 pub mod process;
 pub mod prom;
 pub mod proxy;
 pub mod registry;
+pub mod side_registry;
 pub mod snapshotter;
 pub mod stoppable_registry;
 pub mod treedump;

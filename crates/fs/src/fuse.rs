@@ -441,8 +441,13 @@ impl Filesystem for LayerFs {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         if !self.has_xattrs {
+            // An empty list, not ENOSYS: listxattr(2) on a file without
+            // attributes returns 0 on every disk filesystem, and overlayfs
+            // passes a lower layer's EOPNOTSUPP up to the container (tools
+            // such as getfattr, rsync -X and cp -a would then report
+            // errors). listxattr is rare; getxattr is the hot one.
             self.obs().fuse_op("listxattr", true);
-            return reply.error(Errno::ENOSYS);
+            return xattr_reply(reply, size, &[]);
         }
         let node = self.node(ino);
         self.obs().fuse_op("listxattr", node.is_ok());

@@ -51,6 +51,10 @@ impl Credential {
 #[derive(Clone, Default)]
 pub(crate) struct CredentialStore {
     by_host: HashMap<String, Credential>,
+    /// `credsStore`: the helper for every host without a `credHelpers` entry.
+    creds_store: Option<String>,
+    /// `credHelpers`, keyed by normalised host.
+    cred_helpers: HashMap<String, String>,
 }
 
 impl std::fmt::Debug for CredentialStore {
@@ -59,6 +63,8 @@ impl std::fmt::Debug for CredentialStore {
         hosts.sort();
         f.debug_struct("CredentialStore")
             .field("hosts", &hosts)
+            .field("creds_store", &self.creds_store)
+            .field("cred_helpers", &self.cred_helpers)
             .finish()
     }
 }
@@ -123,8 +129,24 @@ impl CredentialStore {
     pub fn parse(text: &[u8]) -> Result<Self, String> {
         let cfg: DockerConfigJson =
             serde_json::from_slice(text).map_err(|e| format!("invalid JSON: {e}"))?;
-        if cfg.creds_store.is_some() || !cfg.cred_helpers.is_empty() {
-            tracing::warn!("docker config credsStore/credHelpers are not supported; only inline \"auths\" are used");
+        let helper = |what: &str, name: String| {
+            if crate::creds::valid_helper_name(&name) {
+                Ok(name)
+            } else {
+                Err(format!("{what}: {name:?} is not a credential helper name"))
+            }
+        };
+        let creds_store = match cfg.creds_store.filter(|s| !s.is_empty()) {
+            Some(s) => Some(helper("credsStore", s)?),
+            None => None,
+        };
+        let mut cred_helpers = HashMap::new();
+        for (key, name) in cfg.cred_helpers {
+            let host = normalize_host(&key);
+            if host.is_empty() || name.is_empty() {
+                continue;
+            }
+            cred_helpers.insert(host, helper(&format!("credHelpers[{key:?}]"), name)?);
         }
         let mut by_host = HashMap::new();
         for (key, e) in cfg.auths {
@@ -157,7 +179,26 @@ impl CredentialStore {
             };
             by_host.insert(host, cred);
         }
-        Ok(CredentialStore { by_host })
+        Ok(CredentialStore {
+            by_host,
+            creds_store,
+            cred_helpers,
+        })
+    }
+
+    /// The credential helper for `host`: its `credHelpers` entry, else
+    /// `credsStore`.
+    pub fn helper_for(&self, host: &str) -> Option<String> {
+        let h = normalize_host(host);
+        let h = if host == DOCKER_HUB_API_HOST {
+            DOCKER_HUB.to_string()
+        } else {
+            h
+        };
+        self.cred_helpers
+            .get(&h)
+            .cloned()
+            .or_else(|| self.creds_store.clone())
     }
 
     /// Credentials for the host a request goes to.

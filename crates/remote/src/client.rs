@@ -12,6 +12,7 @@ use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 
 use crate::auth::{self, AuthCache, Challenge, Credential, CredentialStore, TokenResponse};
+use crate::creds::{scope_repository, Credentials, SessionCredentials};
 use hologram_oci::{media_types, Digest, ImageIndex, Platform, MAX_MANIFEST_SIZE};
 
 use crate::error::{error_chain, redact_queries};
@@ -80,7 +81,7 @@ pub struct RegistryClient {
 
 struct Inner {
     cfg: RegistryConfig,
-    creds: CredentialStore,
+    creds: Credentials,
     auth: AuthCache,
     clients: Mutex<HashMap<TlsSettings, reqwest::Client>>,
     endpoints: Mutex<HashMap<String, Arc<Vec<Arc<Endpoint>>>>>,
@@ -234,6 +235,16 @@ impl RegistryClient {
     /// malformed one is an [`Error::Config`]). hosts.toml files are read on
     /// first use of each registry.
     pub fn new(cfg: RegistryConfig) -> Result<Self, Error> {
+        Self::with_session_credentials(cfg, None)
+    }
+
+    /// Like [`RegistryClient::new`], and `session`'s credentials (given at
+    /// run time, e.g. by the CRI proxy) go first for the (host,
+    /// repository) pairs they name.
+    pub fn with_session_credentials(
+        cfg: RegistryConfig,
+        session: Option<Arc<SessionCredentials>>,
+    ) -> Result<Self, Error> {
         if cfg.request_timeout.is_zero() || cfg.total_timeout.is_zero() {
             return Err(Error::Config(
                 "request_timeout and total_timeout must be non-zero".into(),
@@ -250,7 +261,7 @@ impl RegistryClient {
         let client = RegistryClient {
             inner: Arc::new(Inner {
                 cfg,
-                creds,
+                creds: Credentials::new(creds, session),
                 auth: AuthCache::default(),
                 clients: Mutex::new(HashMap::new()),
                 endpoints: Mutex::new(HashMap::new()),
@@ -545,8 +556,9 @@ impl RegistryClient {
             Some(Challenge::Basic) => Ok(self
                 .inner
                 .creds
-                .lookup(&ep.host)
-                .and_then(Credential::basic_header)
+                .lookup(&ep.host, scope_repository(scope))
+                .await
+                .and_then(|c| c.basic_header())
                 .map(|h| (h, None))),
             Some(Challenge::Bearer { realm, service, .. }) => {
                 let t = self
@@ -573,7 +585,13 @@ impl RegistryClient {
     ) -> Result<(String, Option<String>), Error> {
         self.inner.auth.set_challenge(&ep.host, ch.clone());
         match ch {
-            Challenge::Basic => match self.inner.creds.lookup(&ep.host).and_then(Credential::basic_header) {
+            Challenge::Basic => match self
+                .inner
+                .creds
+                .lookup(&ep.host, scope_repository(scope))
+                .await
+                .and_then(|c| c.basic_header())
+            {
                 Some(h) => Ok((h, None)),
                 None => Err(Error::Unauthorized(format!(
                     "{} requires basic authentication and no username/password is configured for it",
@@ -633,7 +651,9 @@ impl RegistryClient {
                 "token realm {realm:?} is not http(s)"
             )));
         }
-        let cred = self.inner.creds.lookup(&ep.host);
+        let repository = scopes.first().map_or("", |s| scope_repository(s));
+        let cred = self.inner.creds.lookup(&ep.host, repository).await;
+        let cred = cred.as_ref();
         // Credentials go to an https realm, or to the registry's own host.
         let realm_origin = Origin::of(&url);
         let may_send_creds = url.scheme() == "https" || realm_origin.host == ep.origin.host;

@@ -27,8 +27,9 @@
 //! A `Basic` challenge sends the configured username/password. Credentials
 //! go to a token realm only over https or on the registry's own host, and
 //! the registry's Authorization header is never forwarded on a redirect to
-//! another origin. `credsStore`/`credHelpers` are not supported (a warning
-//! is logged).
+//! another origin. Where credentials come from (session credentials given
+//! at run time, `credHelpers`/`credsStore` helper programs, inline
+//! `auths`): see [`creds`].
 //!
 //! # hosts.toml (containerd certs.d layout)
 //! For registry `host:port` the first existing directory of
@@ -73,6 +74,7 @@
 mod auth;
 mod blob;
 mod client;
+pub mod creds;
 mod error;
 mod hosts;
 mod manifest;
@@ -84,6 +86,7 @@ pub use blob::RegistryBlob;
 /// look by default (CRI's `config_path` convention).
 pub const DEFAULT_HOSTS_DIR: &str = "/etc/containerd/certs.d";
 pub use client::{RegistryClient, RegistryConfig, MAX_RANGE_BODY};
+pub use creds::{GivenCredential, SessionCredentials};
 pub use error::Error;
 pub use hologram_oci::{media_types, Digest, Platform, Reference, DOCKER_HUB, DOCKER_HUB_API_HOST};
 pub use manifest::{verify, Manifest};

@@ -42,6 +42,34 @@ pub struct FileConfig {
     /// The CTP-96 transport.
     #[serde(default)]
     pub ctp96: Ctp96Section,
+    /// The CRI image-service proxy (Kubernetes pull secrets).
+    #[serde(default)]
+    pub cri: CriSection,
+}
+
+/// containerd's default socket, where the CRI proxy forwards to.
+pub const DEFAULT_CONTAINERD_ADDRESS: &str = "/run/containerd/containerd.sock";
+
+/// `[cri]`: serve the CRI `ImageService` so that the kubelet's pull secrets
+/// reach lazy reads (docs/kubernetes.md). Off unless `proxy_address` is set.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CriSection {
+    /// Unix socket to serve `runtime.v1.ImageService` on; the kubelet's
+    /// `--image-service-endpoint` points at it (e.g.
+    /// `/run/hologram-snapshotter/cri.sock`).
+    pub proxy_address: Option<PathBuf>,
+    /// containerd's socket, where every call is forwarded.
+    pub containerd_address: PathBuf,
+}
+
+impl Default for CriSection {
+    fn default() -> Self {
+        CriSection {
+            proxy_address: None,
+            containerd_address: PathBuf::from(DEFAULT_CONTAINERD_ADDRESS),
+        }
+    }
 }
 
 /// `[ctp96]`: layer bytes over a CTP-96 endpoint (docs/ctp96.md).
@@ -320,6 +348,7 @@ pub struct Config {
     pub trust: TrustSection,
     pub restart: RestartSection,
     pub ctp96: Ctp96Section,
+    pub cri: CriSection,
 }
 
 impl Config {
@@ -348,6 +377,7 @@ impl Config {
             trust: file.trust,
             restart: file.restart.with_env(),
             ctp96: file.ctp96,
+            cri: file.cri,
         }
     }
 }
@@ -356,6 +386,26 @@ impl Config {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// The config the DaemonSet's ConfigMap ships is one this daemon takes.
+    #[test]
+    fn deploy_configmap_config_parses() {
+        let yaml = include_str!("../../../deploy/configmap.yaml");
+        let start = yaml.find("config.toml: |\n").unwrap() + "config.toml: |\n".len();
+        let toml_text: String = yaml[start..]
+            .lines()
+            .map(|l| l.strip_prefix("    ").unwrap_or(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let file: FileConfig = toml::from_str(&toml_text).unwrap();
+        let c = Config::resolve(file, None, None, None, None);
+        assert_eq!(
+            c.cri.proxy_address.as_deref(),
+            Some(Path::new("/run/hologram-snapshotter/cri.sock"))
+        );
+        assert_eq!(c.root, PathBuf::from(DEFAULT_ROOT));
+        assert_eq!(c.metrics_address, "0.0.0.0:8080");
+    }
 
     #[test]
     fn flags_win_over_file_over_defaults() {

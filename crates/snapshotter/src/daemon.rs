@@ -194,6 +194,7 @@ pub async fn serve(
             }),
     );
     health.serving.store(true, Ordering::Relaxed);
+    notify_ready();
     let signal = shutdown.await;
     health.serving.store(false, Ordering::Relaxed);
     tracing::info!(signal, "shutting down");
@@ -223,6 +224,73 @@ pub async fn serve(
     result
 }
 
+/// Serves the CRI image-service proxy on `address` (mode 0660) until
+/// `stop` turns true; the socket file is removed then. Binding errors are
+/// returned before anything is served.
+pub async fn serve_cri_proxy(
+    address: &Path,
+    proxy: crate::cri_proxy::CriImageProxy,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use hologram_api::cri::image_service_server::ImageServiceServer;
+    claim_socket(address)?;
+    let listener = UnixListener::bind(address)
+        .with_context(|| format!("cannot listen on {}", address.display()))?;
+    std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot set permissions of {}", address.display()))?;
+    tracing::info!(socket = %address.display(), "serving the CRI image service (credentials proxy to containerd)");
+    let svc = ImageServiceServer::new(proxy)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let address = address.to_path_buf();
+    Ok(tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                while !*stop.borrow() {
+                    if stop.changed().await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "CRI proxy server failed");
+        }
+        if let Err(e) = std::fs::remove_file(&address) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(socket = %address.display(), error = %e, "cannot remove socket");
+            }
+        }
+    }))
+}
+
+/// Tells systemd (`Type=notify`) that the socket is served: `READY=1` to
+/// `$NOTIFY_SOCKET` (a path, or `@name` for an abstract socket). Without
+/// the variable nothing happens; a failure is logged, never fatal.
+pub fn notify_ready() {
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    if let Err(e) = sd_notify(&target, b"READY=1\nSTATUS=serving the snapshots API") {
+        tracing::warn!(error = %e, "cannot notify systemd of readiness");
+    }
+}
+
+fn sd_notify(target: &std::ffi::OsStr, msg: &[u8]) -> io::Result<()> {
+    use std::os::linux::net::SocketAddrExt as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let bytes = target.as_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name)?,
+        None => SocketAddr::from_pathname(Path::new(target))?,
+    };
+    let sock = UnixDatagram::unbound()?;
+    sock.send_to_addr(msg, &addr)?;
+    Ok(())
+}
+
 /// Resolves at SIGTERM or SIGINT, naming it.
 pub async fn shutdown_signal() -> anyhow::Result<&'static str> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -238,6 +306,27 @@ pub async fn shutdown_signal() -> anyhow::Result<&'static str> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn notifies_systemd() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("notify");
+        let rx = std::os::unix::net::UnixDatagram::bind(&p).unwrap();
+        sd_notify(p.as_os_str(), b"READY=1").unwrap();
+        let mut buf = [0u8; 64];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+        let name = format!("@hologram-test-{}", std::process::id());
+        let arx = {
+            use std::os::linux::net::SocketAddrExt as _;
+            let a =
+                std::os::unix::net::SocketAddr::from_abstract_name(&name.as_bytes()[1..]).unwrap();
+            std::os::unix::net::UnixDatagram::bind_addr(&a).unwrap()
+        };
+        sd_notify(std::ffi::OsStr::new(&name), b"READY=1").unwrap();
+        let n = arx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+    }
 
     #[test]
     fn stale_socket_is_removed_live_one_refused_file_kept() {

@@ -18,12 +18,15 @@
 //! * `fdstore/` — handing FUSE connections and the listening socket to a
 //!   holder process so a restarted daemon takes them over (running
 //!   containers never notice the restart);
+//! * `cri_proxy.rs` — the CRI image-service proxy that keeps Kubernetes
+//!   pull secrets in memory for lazy reads;
 //! * `daemon.rs` — socket, server, signals; `config.rs` — configuration.
 
 #![forbid(unsafe_code)]
 
 pub mod alloc;
 pub mod config;
+pub mod cri_proxy;
 pub mod ctp96;
 pub mod daemon;
 pub mod disk_usage;

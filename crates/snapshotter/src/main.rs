@@ -11,8 +11,9 @@ use clap::Parser;
 use std::time::Duration;
 
 use hologram_fs::layer::LayerConfig;
-use hologram_remote::RegistryConfig;
+use hologram_remote::{RegistryConfig, SessionCredentials};
 use hologram_snapshotter::config::{Config, FileConfig, RemoteSection, DEFAULT_CONFIG};
+use hologram_snapshotter::cri_proxy::CriImageProxy;
 use hologram_snapshotter::remote::{RemoteConfig, RemoteLayers};
 use std::net::SocketAddr;
 
@@ -138,11 +139,15 @@ async fn serve(cfg: Config, metrics_addr: Option<SocketAddr>) -> anyhow::Result<
         let root = cfg.root.clone();
         tokio::task::spawn_blocking(move || RootLock::acquire(&root)).await??
     };
+    // Pull secrets the CRI proxy hands over: memory only, shared by the
+    // lazy reads and the trust gate's manifest fetches.
+    let credentials = SessionCredentials::new();
     let remote = {
         let (root, rc, handle, m) = (
             cfg.root.clone(),
             {
                 let mut rc = remote_config(&cfg.remote.clone().with_env());
+                rc.credentials = Some(Arc::clone(&credentials));
                 rc.ctp96 = ctp96_config(&cfg)?;
                 // Passthrough fixes inode I/O modes a successor could not
                 // know (docs/RELIABILITY.md): not with handover.
@@ -187,7 +192,7 @@ async fn serve(cfg: Config, metrics_addr: Option<SocketAddr>) -> anyhow::Result<
         }
         None => (None, None),
     };
-    let trust = trust_gate(&cfg, metrics.clone())?;
+    let trust = trust_gate(&cfg, &credentials, metrics.clone())?;
 
     let sn = loop {
         let (root, r, t) = (cfg.root.clone(), Arc::clone(&remote), trust.clone());
@@ -243,6 +248,17 @@ async fn serve(cfg: Config, metrics_addr: Option<SocketAddr>) -> anyhow::Result<
         inherited: listener,
         handover: handover.clone(),
     };
+    let cri_proxy = match &cfg.cri.proxy_address {
+        Some(addr) => Some(
+            daemon::serve_cri_proxy(
+                addr,
+                CriImageProxy::new(cfg.cri.containerd_address.clone(), Arc::clone(&credentials)),
+                stop_rx.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let result = daemon::serve(sn, socket, metrics, health, async move {
         loop {
             if let Some(s) = *sig.borrow() {
@@ -255,6 +271,9 @@ async fn serve(cfg: Config, metrics_addr: Option<SocketAddr>) -> anyhow::Result<
     })
     .await;
     let _ = stop_tx.send(true);
+    if let Some(t) = cri_proxy {
+        let _ = t.await;
+    }
     if let Some(t) = metrics_task {
         let _ = t.await;
     }
@@ -314,6 +333,7 @@ fn start_handover(
 /// The trust gate, when `[trust]` (or the environment) asks for one.
 fn trust_gate(
     cfg: &Config,
+    credentials: &Arc<SessionCredentials>,
     metrics: Option<Arc<Metrics>>,
 ) -> anyhow::Result<Option<Arc<TrustGate>>> {
     let t = cfg.trust.clone().with_env();
@@ -343,6 +363,7 @@ fn trust_gate(
             verbose: t.verbose,
             referrers: t.referrers,
             registry,
+            credentials: Some(Arc::clone(credentials)),
         },
         tokio::runtime::Handle::current(),
         metrics,
@@ -378,6 +399,7 @@ fn remote_config(r: &RemoteSection) -> RemoteConfig {
         max_toc_entries: r.max_toc_entries.max(1),
         index_budget: r.index_memory_mib.saturating_mul(mib),
         ctp96: Default::default(),
+        credentials: None,
     }
 }
 

@@ -53,6 +53,8 @@ pub struct RemoteConfig {
     pub index_budget: u64,
     /// The transport (`HOLOGRAM_NET`, `[ctp96]`).
     pub ctp96: crate::ctp96::Ctp96Config,
+    /// Credentials given at run time (the CRI proxy's pull secrets).
+    pub credentials: Option<Arc<hologram_remote::SessionCredentials>>,
 }
 
 /// Why a layer is not served lazily: a short category (a metric label) and
@@ -200,8 +202,9 @@ impl RemoteLayers {
         let toc_dir = root.join("cache/tocs");
         std::fs::create_dir_all(&toc_dir)
             .with_context(|| format!("cannot create {}", toc_dir.display()))?;
-        let client = RegistryClient::new(cfg.registry.clone())
-            .context("cannot set up the registry client")?;
+        let client =
+            RegistryClient::with_session_credentials(cfg.registry.clone(), cfg.credentials.clone())
+                .context("cannot set up the registry client")?;
         let sources = crate::ctp96::Sources::new(&cfg.ctp96, metrics.clone())
             .context("cannot set up the CTP-96 transport")?;
         Ok(RemoteLayers {

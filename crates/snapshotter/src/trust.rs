@@ -55,6 +55,8 @@ pub struct TrustConfig {
     /// Also look for witnesses attached to the manifest in the registry.
     pub referrers: bool,
     pub registry: RegistryConfig,
+    /// Credentials given at run time (the CRI proxy's pull secrets).
+    pub credentials: Option<Arc<hologram_remote::SessionCredentials>>,
 }
 
 /// What the gate established about one image.
@@ -107,7 +109,9 @@ impl TrustGate {
         metrics: Option<Arc<Metrics>>,
     ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let client = RegistryClient::new(cfg.registry.clone()).context("trust: registry client")?;
+        let client =
+            RegistryClient::with_session_credentials(cfg.registry.clone(), cfg.credentials.clone())
+                .context("trust: registry client")?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
