@@ -41,9 +41,15 @@ cleanup() {
   set +e
   if [ -n "${CTR+x}" ]; then
     if [ -n "$(task_status)" ]; then
+      local t0=$SECONDS
       "${CTR[@]}" tasks kill -s SIGTERM "$CID" >/dev/null 2>&1
-      wait_for 30 "the daemon's container to stop" task_gone || "${CTR[@]}" tasks kill -s SIGKILL "$CID" >/dev/null 2>&1
-      wait_for 10 "the daemon's container to die" task_gone
+      if wait_for 30 "the daemon's container to stop" task_gone; then
+        echo "   the daemon's container stopped on SIGTERM in $((SECONDS - t0)) s; its last log line:"
+        tail -n 1 "$WORK/daemon.log" | cut -c1-160
+      else
+        "${CTR[@]}" tasks kill -s SIGKILL "$CID" >/dev/null 2>&1
+        wait_for 10 "the daemon's container to die" task_gone
+      fi
       "${CTR[@]}" tasks delete "$CID" >/dev/null 2>&1
     fi
     "${CTR[@]}" containers delete "$CID" >/dev/null 2>&1
@@ -66,6 +72,7 @@ cleanup() {
   return $rc
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT   # a timeout's SIGTERM still runs cleanup
 
 # The snapshotter root: a mount point of its own with shared propagation, so
 # the FUSE mounts the daemon makes inside its container show on the host
