@@ -44,8 +44,10 @@ cleanup() {
       local t0=$SECONDS
       "${CTR[@]}" tasks kill -s SIGTERM "$CID" >/dev/null 2>&1
       if wait_for 30 "the daemon's container to stop" task_gone; then
-        echo "   the daemon's container stopped on SIGTERM in $((SECONDS - t0)) s; its last log line:"
-        tail -n 1 "$WORK/daemon.log" | cut -c1-160
+        echo "   the daemon's container stopped on SIGTERM in $((SECONDS - t0)) s; its log says:"
+        # the shim may still be copying the last lines into the log file
+        wait_for 5 "the daemon's shutdown log line" grep -q 'shutting down' "$WORK/daemon.log"
+        grep -m1 'shutting down' "$WORK/daemon.log" | cut -c1-160
       else
         "${CTR[@]}" tasks kill -s SIGKILL "$CID" >/dev/null 2>&1
         wait_for 10 "the daemon's container to die" task_gone
