@@ -27,10 +27,7 @@ fn run_script(script: &str, env: &[(&str, &Path)], timeout: Duration) -> Result<
     let err = out.try_clone().context("dup output file")?;
     let path = workspace_root().join("scripts").join(script);
     let mut cmd = Command::new("bash");
-    cmd.arg(&path)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
+    cmd.arg(&path).stdin(Stdio::null()).stdout(out).stderr(err);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -59,7 +56,8 @@ fn run_script(script: &str, env: &[(&str, &Path)], timeout: Duration) -> Result<
 }
 
 fn line_after<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
-    text.lines().find_map(|l| l.trim_start().strip_prefix(prefix))
+    text.lines()
+        .find_map(|l| l.trim_start().strip_prefix(prefix))
 }
 
 #[test]
@@ -90,7 +88,10 @@ fn docker_build_then_docker_run_serves_a_lazy_pull_from_the_container() -> Resul
     let archive = out.path().join("hologram-snapshotter.tar");
     assert!(archive.is_file(), "no archive:\n{built}");
     let index = fs::read_to_string(out.path().join("oci").join("index.json"))?;
-    assert!(index.contains("\"dev\""), "OCI layout not tagged dev: {index}");
+    assert!(
+        index.contains("\"dev\""),
+        "OCI layout not tagged dev: {index}"
+    );
     assert!(built.contains("libc.so.6"), "{built}");
 
     let ran = run_script(
@@ -108,7 +109,10 @@ fn docker_build_then_docker_run_serves_a_lazy_pull_from_the_container() -> Resul
         "stopped on SIGTERM",
         "shutting down signal=\"SIGTERM\"",
     ] {
-        assert!(ran.contains(want), "docker-run output lacks {want:?}:\n{ran}");
+        assert!(
+            ran.contains(want),
+            "docker-run output lacks {want:?}:\n{ran}"
+        );
     }
     // Everything it made is gone: its work dir, every mount below it, and
     // every process whose command line names it.
@@ -119,7 +123,10 @@ fn docker_build_then_docker_run_serves_a_lazy_pull_from_the_container() -> Resul
     assert!(work.starts_with("/tmp/hologram-docker-run."), "{work}");
     assert!(!Path::new(work).exists(), "{work} left behind");
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
-    assert!(!mountinfo.contains(work), "mounts left under {work}:\n{mountinfo}");
+    assert!(
+        !mountinfo.contains(work),
+        "mounts left under {work}:\n{mountinfo}"
+    );
     for entry in fs::read_dir("/proc")? {
         let entry = entry?;
         let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
