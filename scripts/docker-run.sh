@@ -117,11 +117,12 @@ served() { [ -S "$SOCKDIR/hologram.sock" ] && curl -fsS "http://127.0.0.1:$METRI
 wait_for 60 "the containerized daemon to serve its socket and /healthz" served
 echo "   the daemon runs in the container: pid $("${CTR[@]}" tasks ls | awk -v id="$CID" '$1 == id {print $2}') (host view), /healthz ok"
 
-python3 "$HERE/mkimage.py" "$WORK/oci" demo >/dev/null
+# 3 small layers + a 4th holding /data/big.bin, 16 MiB nobody reads in full
+python3 "$HERE/mkimage.py" "$WORK/oci" demo --big-file 16 >/dev/null
 skopeo copy --quiet --dest-tls-verify=false "oci:$WORK/oci:demo" "docker://$REG/demo/layers:1"
 "$HOLOGRAM" convert --plain-http "$REG/demo/layers:1" "$REG/demo/layers:esgz" >/dev/null 2>&1
 IMG="$REG/demo/layers:esgz"
-echo "== pushed $IMG (3 eStargz layers)"
+echo "== pushed $IMG (4 eStargz layers, one with a 16 MiB file)"
 before="$(registry_bytes)"
 
 echo "== hologram pull: remote-snapshot pull through containerd -> the containerized daemon"
@@ -135,10 +136,11 @@ echo "   host-visible lazy layers: $(printf '%s\n' "$fuse" | wc -l)"
 
 echo "== ctr run --snapshotter hologram: the container says:"
 "${CTR[@]}" run --rm --snapshotter hologram "$IMG" docker-run-1 /bin/sh -c \
-  'echo "hello from a lazily pulled image"; echo "/data has: $(ls /data | tr "\n" " ")"; echo "/replaced: $(cat /replaced)"'
+  'echo "hello from a lazily pulled image"; echo "/data has: $(ls /data | tr "\n" " ")"; echo "/replaced: $(cat /replaced)";
+   echo "/data/big.bin: $(ls -l /data/big.bin | awk "{print \$5}") bytes; read its first $(head -c 65536 /data/big.bin | wc -c)"'
 
 echo "== what was fetched (hologram status, from the container's /metrics):"
 "$HOLOGRAM" status --metrics "http://127.0.0.1:$METRICS_PORT/metrics" | sed -n '1,20p'
-echo "   registry bytes served since the push: $(( $(registry_bytes) - before ))"
+echo "   registry bytes served since the push: $(( $(registry_bytes) - before )) of an image of $(du -bc "$WORK"/oci/blobs/sha256/* | tail -1 | cut -f1) bytes (before conversion)"
 "${CTR[@]}" images rm --sync "$IMG" >/dev/null
 echo "== docker-run OK in $((SECONDS - start)) s; stopping the container, containerd, the registry"

@@ -4,7 +4,7 @@
 //! scripts/docker-run.sh imports it into a private containerd, runs it
 //! privileged with the DaemonSet's host mounts, and has that containerd use
 //! the containerized daemon as its proxy snapshotter for a lazy pull and run
-//! of a test image. The scripts check their own steps with timeouts; this
+//! of a test image (a 16 MiB file read 64 KiB deep). The scripts check their own steps with timeouts; this
 //! test checks what they report and that nothing they started or mounted is
 //! left behind.
 
@@ -101,10 +101,11 @@ fn docker_build_then_docker_run_serves_a_lazy_pull_from_the_container() -> Resul
     )?;
     for want in [
         "/healthz ok",
-        "3 layers: 3 mounted lazily, 0 unpacked, 0 already present",
-        "host-visible lazy layers: 3",
+        "4 layers: 4 mounted lazily, 0 unpacked, 0 already present",
+        "host-visible lazy layers: 4",
         "hello from a lazily pulled image",
         "/replaced: now a file",
+        "/data/big.bin: 16777216 bytes; read its first 65536",
         "docker-run OK",
         "stopped on SIGTERM",
         "shutting down signal=\"SIGTERM\"",
@@ -114,6 +115,16 @@ fn docker_build_then_docker_run_serves_a_lazy_pull_from_the_container() -> Resul
             "docker-run output lacks {want:?}:\n{ran}"
         );
     }
+    // Lazy: the 16 MiB file was read 64 KiB deep, so most of it never left
+    // the registry (one 4 MiB chunk and the small layers did).
+    let served: u64 = line_after(&ran, "registry bytes served since the push: ")
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .context("docker-run did not report the registry's bytes")?;
+    assert!(
+        served < 10 << 20,
+        "the registry served {served} bytes for a 64 KiB read of a 16 MiB file:\n{ran}"
+    );
     // Everything it made is gone: its work dir, every mount below it, and
     // every process whose command line names it.
     let work = line_after(&ran, "== registry ")
