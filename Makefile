@@ -7,6 +7,9 @@ PREFIX ?= /usr/local
 APT_PKGS := containerd runc fuse3 docker-registry skopeo umoci busybox-static iproute2 curl python3 \
   python3-prometheus-client ca-certificates stargz-snapshotter debootstrap stress-ng git \
   apache2-utils python3-jsonschema python3-yaml binutils procps
+# Another apt (unattended upgrades, a parallel job) may hold the dpkg lock:
+# wait for it instead of failing.
+APT_GET := apt-get -o DPkg::Lock::Timeout=600
 # The Rust toolchain is not a Debian package here (bookworm's rustc is too old):
 # it comes from rustup; this is the oldest the workspace builds with.
 RUST_MIN := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
@@ -59,7 +62,7 @@ dev-setup: check-toolchain
 	@missing=$$(for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing: $$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  $(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq $$missing; \
 	else echo "dev-setup: all packages present"; fi
 	@# the python3 first on PATH may not be Debian's (pyenv): give it the parser the tests use
 	@python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus-client
@@ -70,7 +73,9 @@ test: dev-setup test-unit validate-deploy test-integration fuzz-smoke
 
 ## validate-deploy: deploy/ manifests against strict schemas, TOML files parse
 validate-deploy:
-	python3 scripts/validate-deploy.py deploy
+	@# Debian's python3: dev-setup installs its jsonschema and yaml (a pyenv python3
+	@# first on PATH may lack them)
+	/usr/bin/python3 scripts/validate-deploy.py deploy
 
 test-unit:
 	$(CARGO) test --locked --workspace --exclude hologram-e2e
@@ -167,7 +172,7 @@ demo: dev-setup build
 BENCH_PKGS := golang-go python3-pip fonts-dejavu-core iproute2
 bench-setup: dev-setup
 	@missing=$$(for p in $(BENCH_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	if [ -n "$$missing" ]; then $(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq $$missing; fi
 
 bench: bench-setup build
 	cargo build --release --locked -p hologram-bench

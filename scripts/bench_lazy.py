@@ -42,6 +42,11 @@ REG = os.environ.get("BENCH_REGISTRY", "10.213.0.2:5000")
 IMAGES = os.environ.get("BENCH_IMAGES", "/var/tmp/holo-images")
 HOST_IF = os.environ.get("HOST_IF", "holo-h")
 NS = "bench"
+# The CTP-96 server runs inside netreg.sh's namespace, in front of the same
+# registry, behind its own delay line: the same link as the registry's.
+NETNS = os.environ.get("NETREG_NS", "holoreg")
+DELAYPROXY = os.environ.get("DELAYPROXY", "/var/tmp/holo-scenarios-bin/delayproxy")
+CTP96_LISTEN = os.environ.get("BENCH_CTP96", "10.213.0.2:7000")
 
 HELLO_C = r'#include <stdio.h>\nint main(void){puts("hello from gcc");return 0;}\n'
 WORKLOADS = {
@@ -60,6 +65,8 @@ MODES = {
     "hologram": ("hologram", "esgz", {}),
     "hologram-nobg": ("hologram", "esgz", {"HOLOGRAM_BACKGROUND_FETCH": "0"}),
     "hologram-profiled": ("hologram", "esgz-rec", {}),
+    "hologram-ctp96": ("hologram", "esgz", {"HOLOGRAM_NET": "ctp96",
+                                          "HOLOGRAM_CTP96_ENDPOINT": f"http://{CTP96_LISTEN}"}),
 }
 
 
@@ -142,6 +149,44 @@ def ensure_images(workloads, modes):
                  f"{REG}/{repo}:gzip", f"{REG}/{repo}:esgz-rec"], stdout=subprocess.DEVNULL)
 
 
+class Ctp96Server:
+    """`hologram ctp96 serve --upstream` the shaped registry, inside its
+    network namespace, reached through a delay line like the registry's.
+    Its blob cache persists across samples, as a cluster's server would."""
+
+    def __init__(self):
+        self.work = tempfile.mkdtemp(prefix="hologram-bench-ctp96.", dir="/var/tmp")
+        reg_inner = "127.0.0.1:5001"  # netreg.sh: the registry behind its delay line
+        host, port = CTP96_LISTEN.rsplit(":", 1)
+        inner = f"127.0.0.1:{int(port) + 1}"
+        self.procs = [
+            subprocess.Popen(
+                ["ip", "netns", "exec", NETNS, os.path.join(BIN, "hologram"), "ctp96", "serve",
+                 "--listen", inner, "--upstream", f"http://{reg_inner}", "--cache", f"{self.work}/cache"],
+                stdout=subprocess.DEVNULL, stderr=open(f"{self.work}/ctp96.log", "w")),
+            subprocess.Popen(
+                ["ip", "netns", "exec", NETNS, DELAYPROXY, "-listen", CTP96_LISTEN, "-target", inner,
+                 "-delay", os.environ.get("DELAY", "10ms")],
+                stdout=subprocess.DEVNULL, stderr=open(f"{self.work}/delayproxy.log", "w")),
+        ]
+
+        def up():
+            with socket.create_connection((host, int(port)), timeout=2):
+                return True
+        wait_for("the CTP-96 server", 30, up)
+
+    def stop(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
 class Stack:
     """A fresh containerd + hologram-snapshotter under a temp directory."""
 
@@ -197,6 +242,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     def fetches(self):
         return self._metric_sum("hologram_remote_fetches_total{")
+
+    def ctp96_round_trips(self):
+        """Batched `fetch` calls over CTP-96 (each one round trip)."""
+        try:
+            text = urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=5).read().decode()
+        except Exception:  # noqa: BLE001
+            return None
+        return int(sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+                       if l.startswith("hologram_ctp96_operations_total{") and 'op="fetch"' in l))
 
     def fuse_requests(self):
         """FUSE requests the daemon answered so far (every op)."""
@@ -258,6 +312,8 @@ def sample(workload, mode, run_no, extra=""):
         cold = t_pull + t_run  # wall time from the pull's start to the first output
         bytes_first = rx_bytes() - b0
         fetches = st.fetches() if snap == "hologram" else None
+        if "HOLOGRAM_NET" in env:
+            fetches = st.ctp96_round_trips()
         before = st.fuse_requests() if snap == "hologram" else None
         cmd = st.ctr + ["run", "--rm", "--snapshotter", snap, ref, f"warm{run_no}"] + (w["cmd"] or [])
         warm, _ = first_line(cmd, w["expect"])
@@ -277,7 +333,7 @@ def median(xs):
 
 
 def table(samples, workloads, modes):
-    out = ["| workload | mode | cold to first output, s (median, min–max) | × overlayfs | MB before output | MB total | range requests | warm re-run, s | warm × overlayfs | FUSE requests in the warm run | daemon peak RSS, MiB | daemon CPU, s |",
+    out = ["| workload | mode | cold to first output, s (median, min–max) | × overlayfs | MB before output | MB total | range requests (CTP-96: batched fetches) | warm re-run, s | warm × overlayfs | FUSE requests in the warm run | daemon peak RSS, MiB | daemon CPU, s |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for w in workloads:
         base = [s for s in samples if s["workload"] == w and s["mode"] == "overlayfs"]
@@ -309,7 +365,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="python only, 1 run, overlayfs vs hologram (< 15 min)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workloads", default="python,big,gcc")
-    ap.add_argument("--modes", default="overlayfs,hologram,hologram-nobg,hologram-profiled")
+    ap.add_argument("--modes", default="overlayfs,hologram,hologram-nobg,hologram-profiled,hologram-ctp96")
     ap.add_argument("--out", default=os.path.join(TOP, "docs", "bench"))
     ap.add_argument("--remote-config", default="",
                     help="extra [remote] keys for the daemon, e.g. 'readaround_kib = 64' (experiments)")
@@ -330,14 +386,19 @@ def main():
     samples = []
     total = a.runs * len(workloads) * len(modes)
     started = time.monotonic()
-    for r in range(1, a.runs + 1):
-        for w in workloads:
-            for m in modes:
-                s = sample(w, m, r, a.remote_config.replace("\\n", "\n") + "\n")
-                samples.append(s)
-                log(f"[{len(samples)}/{total}, {time.monotonic() - started:.0f} s] {w} {m} run {r}: "
-                    f"cold {s['cold_s']:.2f} s, {s['bytes_first'] / 1e6:.1f} MB before output "
-                    f"({s['bytes_total'] / 1e6:.1f} MB total), warm {s['warm_s']:.3f} s")
+    ctp96 = Ctp96Server() if "hologram-ctp96" in modes else None
+    try:
+        for r in range(1, a.runs + 1):
+            for w in workloads:
+                for m in modes:
+                    s = sample(w, m, r, a.remote_config.replace("\\n", "\n") + "\n")
+                    samples.append(s)
+                    log(f"[{len(samples)}/{total}, {time.monotonic() - started:.0f} s] {w} {m} run {r}: "
+                        f"cold {s['cold_s']:.2f} s, {s['bytes_first'] / 1e6:.1f} MB before output "
+                        f"({s['bytes_total'] / 1e6:.1f} MB total), warm {s['warm_s']:.3f} s")
+    finally:
+        if ctp96:
+            ctp96.stop()
     machine = f"{platform.node()}: {os.cpu_count()} CPUs, Linux {platform.release()}"
     doc = {"machine": machine, "link": "tbf 200 Mbit/s + 10 ms delay line each way (netreg.sh)",
            "command": " ".join(["scripts/bench_lazy.py"] + sys.argv[1:]),
