@@ -6,7 +6,7 @@ BINS := hologram-snapshotter hologram-fdstore hologram
 PREFIX ?= /usr/local
 APT_PKGS := containerd runc fuse3 docker-registry skopeo umoci busybox-static iproute2 curl python3 \
   python3-prometheus-client ca-certificates stargz-snapshotter debootstrap stress-ng git \
-  apache2-utils python3-jsonschema python3-yaml chromium chromium-driver
+  apache2-utils python3-jsonschema python3-yaml chromium chromium-driver binutils procps
 # Another apt (unattended upgrades, a parallel job) may hold the dpkg lock:
 # wait for it instead of failing.
 APT_GET := apt-get -o DPkg::Lock::Timeout=600
@@ -14,7 +14,7 @@ APT_GET := apt-get -o DPkg::Lock::Timeout=600
 # it comes from rustup; this is the oldest the workspace builds with.
 RUST_MIN := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 
-PHONY_EXTRA := validate-deploy
+PHONY_EXTRA := validate-deploy docker-build docker-run
 .PHONY: $(PHONY_EXTRA)
 .PHONY: all build build-all install check-toolchain dev-setup check-fresh soak fuzz fuzz-smoke test test-unit test-integration test-coverage fmt lint vet security demo bench bench-setup bench-lazy bench-quick clean
 
@@ -146,6 +146,20 @@ security:
 	$(CARGO) deny check licenses bans sources
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings -D clippy::undocumented_unsafe_blocks
 	scripts/unsafe-audit.sh
+
+## docker-build: the daemon's image from deploy/Containerfile with umoci (no
+## container engine, no base image): build/image/oci (OCI layout, tag dev) and
+## build/image/hologram-snapshotter.tar (OCI archive, localhost/hologram-snapshotter:dev)
+docker-build: dev-setup build
+	@for t in umoci skopeo objcopy; do command -v $$t >/dev/null || { echo "docker-build: $$t missing: run make dev-setup"; exit 1; }; done
+	scripts/docker-build.sh
+
+## docker-run: that image under a private containerd as the DaemonSet runs it
+## (privileged, host network, /dev/fuse, rshared root, socket dir, config),
+## serving that containerd a lazy pull and run from a private registry (root)
+docker-run: dev-setup docker-build
+	@[ "$$(id -u)" = 0 ] || { echo "docker-run needs root (containerd, mounts)"; exit 1; }
+	scripts/docker-run.sh
 
 ## demo: registry + containerd + snapshotter, pull and run a 3-layer image
 demo: dev-setup build

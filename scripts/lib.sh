@@ -60,6 +60,13 @@ stack_start() {
   PIDS+=($!)
   wait_for 20 "hologram-snapshotter" test -S "$WORK/h.sock"
 
+  containerd_start "$WORK/h.sock"
+}
+
+# containerd_start SNAPSHOTTER_SOCKET: a private containerd under $WORK
+# (socket $WORK/c.sock, CRI off) with [proxy_plugins.hologram] pointing at
+# SNAPSHOTTER_SOCKET (which need not exist yet). Sets CTR.
+containerd_start() {
   cat > "$WORK/containerd.toml" <<TOML
 version = 2
 root = "$WORK/containerd/root"
@@ -69,7 +76,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   address = "$WORK/c.sock"
 [proxy_plugins.hologram]
   type = "snapshot"
-  address = "$WORK/h.sock"
+  address = "$1"
 TOML
   containerd --config "$WORK/containerd.toml" >"$WORK/containerd.log" 2>&1 &
   PIDS+=($!)
