@@ -75,8 +75,11 @@ pub(crate) fn is_local_host(host: &str) -> bool {
         || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// `None` when the request may be answered; the refusal otherwise.
-fn refuse_foreign_host(local: Option<SocketAddr>, headers: &HeaderMap) -> Option<Response> {
+/// `None` when the request may be answered; the refusal otherwise. On a
+/// loopback listener only local `Host`s are answered: a web page the
+/// operator's browser opens elsewhere cannot reach the listener through
+/// DNS rebinding (its `Host` is its own name).
+pub(crate) fn refuse_foreign_host(local: Option<SocketAddr>, headers: &HeaderMap) -> Option<Response> {
     let loopback = local.is_some_and(|a| a.ip().is_loopback());
     if !loopback {
         return None;
