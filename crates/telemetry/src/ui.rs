@@ -79,7 +79,10 @@ pub(crate) fn is_local_host(host: &str) -> bool {
 /// loopback listener only local `Host`s are answered: a web page the
 /// operator's browser opens elsewhere cannot reach the listener through
 /// DNS rebinding (its `Host` is its own name).
-pub(crate) fn refuse_foreign_host(local: Option<SocketAddr>, headers: &HeaderMap) -> Option<Response> {
+pub(crate) fn refuse_foreign_host(
+    local: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> Option<Response> {
     let loopback = local.is_some_and(|a| a.ip().is_loopback());
     if !loopback {
         return None;
