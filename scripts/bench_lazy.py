@@ -144,7 +144,9 @@ def ensure_images(workloads, modes):
         if "hologram-profiled" in modes and not manifest_exists(f"{repo}:esgz-rec"):
             log(f"== hologram convert --record {repo}:gzip -> :esgz-rec")
             cmd = WORKLOADS[w]["cmd"]
-            rec = ["--record"] + ([" ".join(cmd)] if cmd else [])
+            # `--record=`: the image's own command (a bare `--record` would
+            # take SOURCE as the command).
+            rec = ["--record=" + (" ".join(cmd) if cmd else "")]
             run([os.path.join(BIN, "hologram"), "convert", "--plain-http", *rec,
                  f"{REG}/{repo}:gzip", f"{REG}/{repo}:esgz-rec"], stdout=subprocess.DEVNULL)
 

@@ -116,7 +116,8 @@ enum Command {
         #[arg(long = "prefetch")]
         prefetch: Vec<String>,
         /// Record a prefetch profile first (needs root): run COMMAND (with
-        /// /bin/sh -c; empty: the image's own Entrypoint and Cmd) once on the
+        /// /bin/sh -c; empty, `--record=` or `--record` after SOURCE and
+        /// TARGET: the image's own Entrypoint and Cmd) once on the
         /// converted image through hologram's FUSE filesystem, and put the
         /// files it opens, in that order, before the prefetch landmark
         #[arg(long, value_name = "COMMAND", num_args = 0..=1, default_missing_value = "")]
