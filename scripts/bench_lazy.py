@@ -45,6 +45,8 @@ NS = "bench"
 # The CTP-96 server runs inside netreg.sh's namespace, in front of the same
 # registry, behind its own delay line: the same link as the registry's.
 NETNS = os.environ.get("NETREG_NS", "holoreg")
+# BENCH_RERECORD=1: convert --record the profiled images again.
+RERECORD = os.environ.get("BENCH_RERECORD") == "1"
 DELAYPROXY = os.environ.get("DELAYPROXY", "/var/tmp/holo-scenarios-bin/delayproxy")
 CTP96_LISTEN = os.environ.get("BENCH_CTP96", "10.213.0.2:7000")
 
@@ -141,11 +143,14 @@ def ensure_images(workloads, modes):
             log(f"== hologram convert {repo}:gzip -> :esgz")
             run([os.path.join(BIN, "hologram"), "convert", "--plain-http",
                  f"{REG}/{repo}:gzip", f"{REG}/{repo}:esgz"], stdout=subprocess.DEVNULL)
-        if "hologram-profiled" in modes and not manifest_exists(f"{repo}:esgz-rec"):
+        if "hologram-profiled" in modes and (RERECORD or not manifest_exists(f"{repo}:esgz-rec")):
             log(f"== hologram convert --record {repo}:gzip -> :esgz-rec")
             cmd = WORKLOADS[w]["cmd"]
             # `--record=`: the image's own command (a bare `--record` would
             # take SOURCE as the command).
+            # convert runs the command with /bin/sh -c itself.
+            if cmd and cmd[:2] == ["/bin/sh", "-c"]:
+                cmd = cmd[2:]
             rec = ["--record=" + (" ".join(cmd) if cmd else "")]
             run([os.path.join(BIN, "hologram"), "convert", "--plain-http", *rec,
                  f"{REG}/{repo}:gzip", f"{REG}/{repo}:esgz-rec"], stdout=subprocess.DEVNULL)
