@@ -284,6 +284,16 @@ impl Server {
                 }
             }
         });
+        // A fetch response is a stream of small frames (a 96-byte header,
+        // then its payload): with Nagle's algorithm on, a frame written
+        // while the previous one is unacknowledged waits for the client's
+        // delayed ACK (up to 40 ms) — on every response.
+        use axum::serve::ListenerExt as _;
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
         let r = axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await;
