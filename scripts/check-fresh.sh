@@ -63,8 +63,12 @@ echo "   $((SECONDS - t0)) s"
 
 echo "== the repository (HEAD) and ../shared beside it"
 mkdir -p "$ROOT/work"
+# The commit is fixed before cloning: a commit made meanwhile is not in
+# the clone.
+REV="$(git -C "$TOP" rev-parse HEAD)"
 git clone -q "$TOP" "$ROOT/work/main"
-git -C "$ROOT/work/main" checkout -q "$(git -C "$TOP" rev-parse HEAD)"
+git -C "$ROOT/work/main" checkout -q "$REV"
+echo "   at $REV"
 if [ -d "$TOP/../shared" ]; then
   cp -a "$TOP/../shared" "$ROOT/work/shared"
   chmod -R a-w "$ROOT/work/shared"
