@@ -8,30 +8,10 @@
 use std::io::Write as _;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use hologram_bench::toc_json;
 use hologram_estargz::{decompress_chunk, Chunk, Index, IndexLimits, FOOTER_SIZE};
 use hologram_fs::cache::ChunkCache;
 use hologram_oci::Digest;
-
-/// A TOC like a real layer's: `n` one-chunk files in 100 directories.
-fn toc_json(n: usize) -> Vec<u8> {
-    let d = format!("sha256:{}", "0".repeat(64));
-    let mut out = String::from("{\"version\":1,\"entries\":[");
-    for i in 0..100 {
-        out.push_str(&format!(
-            "{{\"name\":\"usr/share/d{i}/\",\"type\":\"dir\",\"mode\":493}},"
-        ));
-    }
-    for i in 0..n {
-        out.push_str(&format!(
-            "{{\"name\":\"usr/share/d{}/file-{i}.txt\",\"type\":\"reg\",\"size\":100,\"modtime\":\"2024-01-01T00:00:00Z\",\"mode\":420,\"offset\":{},\"digest\":\"{d}\",\"chunkDigest\":\"{d}\"}},",
-            i % 100,
-            1000 + i * 64
-        ));
-    }
-    out.pop();
-    out.push_str("]}");
-    out.into_bytes()
-}
 
 fn toc_parse(c: &mut Criterion) {
     let n = 10_000;
