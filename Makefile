@@ -6,7 +6,8 @@ BINS := hologram-snapshotter hologram-fdstore hologram
 PREFIX ?= /usr/local
 APT_PKGS := containerd runc fuse3 docker-registry skopeo umoci busybox-static iproute2 curl python3 \
   python3-prometheus-client ca-certificates stargz-snapshotter debootstrap stress-ng git \
-  apache2-utils python3-jsonschema python3-yaml chromium chromium-driver binutils procps
+  apache2-utils python3-jsonschema python3-yaml chromium chromium-driver binutils procps \
+  g++
 # Another apt (unattended upgrades, a parallel job) may hold the dpkg lock:
 # wait for it instead of failing.
 APT_GET := apt-get -o DPkg::Lock::Timeout=600
