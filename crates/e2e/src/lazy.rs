@@ -794,6 +794,17 @@ impl LazyEnv {
         Ok(())
     }
 
+    /// `sha256:<hex>` of `path` in running container `id` (its
+    /// `sha256sum`), or `None` when the read fails.
+    pub fn exec_sha256(&self, id: &str, path: &str, timeout: Duration) -> Result<Option<String>> {
+        let (out, _) = self.exec(id, &["sha256sum", path], timeout)?;
+        let line = String::from_utf8_lossy(&out.stdout);
+        Ok(match line.split_whitespace().next() {
+            Some(hex) if out.status.success() => Some(format!("sha256:{hex}")),
+            _ => None,
+        })
+    }
+
     /// `ctr tasks exec` in container `id`, bounded by `timeout`; the output
     /// (whatever the exit status) and how long it took.
     pub fn exec(

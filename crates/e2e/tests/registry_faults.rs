@@ -94,15 +94,7 @@ fn hung_failing_and_slow_registries_give_bounded_eio_then_recover() -> Result<()
             &format!("{file} to read again"),
             Duration::from_secs(60),
             Duration::from_millis(200),
-            || {
-                let (out, _) = env.exec("c", &["sha256sum", &path], EXEC_TIMEOUT)?;
-                let line = String::from_utf8_lossy(&out.stdout);
-                let got = format!(
-                    "sha256:{}",
-                    line.split_whitespace().next().unwrap_or_default()
-                );
-                Ok(out.status.success() && got == want)
-            },
+            || Ok(env.exec_sha256("c", &path, EXEC_TIMEOUT)?.as_deref() == Some(want.as_str())),
         )?;
     }
     let tasks = env.ctr(&["tasks", "ls"])?;

@@ -77,13 +77,10 @@ fn a_slowed_link_gives_bounded_eio_then_recovers() -> Result<()> {
         Duration::from_secs(60),
         Duration::from_millis(200),
         || {
-            let (out, _) = env.exec("c", &["sha256sum", "/data/rand-1.bin"], EXEC_TIMEOUT)?;
-            let line = String::from_utf8_lossy(&out.stdout);
-            let got = format!(
-                "sha256:{}",
-                line.split_whitespace().next().unwrap_or_default()
-            );
-            Ok(out.status.success() && got == want)
+            Ok(env
+                .exec_sha256("c", "/data/rand-1.bin", EXEC_TIMEOUT)?
+                .as_deref()
+                == Some(want.as_str()))
         },
     )?;
     eprintln!(
