@@ -33,6 +33,7 @@ use hologram_source::BlobSource;
 use crate::cache::ChunkCache;
 use crate::demand::DemandGate;
 use crate::observer::Observer;
+use crate::profile::{Learner, ProfileFiles};
 
 /// Tunables of the read path.
 #[derive(Debug, Clone)]
@@ -271,7 +272,23 @@ pub struct Layer {
     /// Files in the order they were first opened, when recording a
     /// profile ([`Layer::with_access_log`]).
     access: Option<Mutex<AccessLog>>,
+    /// Learns this layer's read order on the node ([`Layer::with_learning`]).
+    learner: Option<Learner>,
+    /// A learned profile's chunks (positions in blob order), in the order
+    /// to prefetch them ([`Layer::with_profile`]).
+    profile: Vec<usize>,
 }
+
+/// Chunks of a profile fetched by one request batch (before gap filling).
+const PROFILE_BATCH_CHUNKS: usize = 48;
+/// Compressed bytes of a profile batch.
+const PROFILE_BATCH_BYTES: u64 = 4 << 20;
+/// Profile batches in flight at once (each up to
+/// `hologram_remote::RANGES_IN_FLIGHT` range requests).
+const PROFILE_WORKERS: usize = 2;
+/// Uncached chunks between two chunks of a batch are fetched too when they
+/// are at most this many compressed bytes: one request instead of two.
+const PROFILE_GAP_FILL: u64 = 32 * 1024;
 
 /// First opens, in order (bounded).
 #[derive(Debug, Default)]
@@ -337,6 +354,8 @@ impl Layer {
             spill: Mutex::new(Spill::default()),
             gate: Arc::new(DemandGate::default()),
             access: None,
+            learner: None,
+            profile: Vec::new(),
             dir_of_pos: Vec::new(),
         }
         .with_dirs()
@@ -404,6 +423,59 @@ impl Layer {
             .into_iter()
             .filter_map(|ino| self.index.path_of(ino))
             .collect()
+    }
+
+    /// Learns the order in which this layer's chunks are first read, for
+    /// `window` after the first read (see [`crate::profile`]).
+    pub fn with_learning(mut self, window: Duration, max_chunks: usize) -> Layer {
+        self.learner = Some(Learner::new(window, max_chunks));
+        self
+    }
+
+    /// Whether the layer is learning a profile that is not taken yet.
+    pub fn is_learning(&self) -> bool {
+        self.learner.is_some()
+    }
+
+    /// The learned profile once its window has passed (`force`: now, e.g.
+    /// at unmount), once; `None` before, after, or when nothing was read.
+    pub fn take_learned(&self, force: bool) -> Option<ProfileFiles> {
+        let l = self.learner.as_ref()?;
+        if !force && !l.window_passed() {
+            return None;
+        }
+        l.take(&self.index)
+    }
+
+    /// Prefetches `files` (a learned profile) in their order at mount,
+    /// before the prefetch landmark's part. Paths the index does not have
+    /// and offsets past a file's end are skipped. Returns the layer and
+    /// the number of chunks the profile names here.
+    pub fn with_profile(mut self, files: &ProfileFiles) -> (Layer, usize) {
+        let mut seen = std::collections::HashSet::new();
+        let mut order = Vec::new();
+        for (path, offsets) in files {
+            let Some(node) =
+                crate::profile::resolve(&self.index, path).and_then(|ino| self.index.node(ino))
+            else {
+                continue;
+            };
+            let chunks = self.index.chunks(node);
+            for &off in offsets {
+                let i = chunks.partition_point(|c| c.file_offset + c.size <= off);
+                let Some(c) = chunks.get(i).filter(|c| c.file_offset <= off) else {
+                    continue;
+                };
+                if let Some(p) = self.pos_of(c) {
+                    if seen.insert(p) {
+                        order.push(p);
+                    }
+                }
+            }
+        }
+        let n = order.len();
+        self.profile = order;
+        (self, n)
     }
 
     /// Shares `gate` (one per daemon: the layers share the link), so that
@@ -594,6 +666,9 @@ impl Layer {
             .iter()
             .take_while(|c| c.file_offset < end)
             .collect();
+        if let Some(l) = &self.learner {
+            l.note(ino, &wanted);
+        }
         // The chunks of this read that are missing, fetched together: one
         // round trip for a source that batches, even when cached chunks
         // split them into several runs. Failures surface in the loop below.
@@ -935,7 +1010,7 @@ impl Layer {
         };
         match self.fetch_range(range.clone(), purpose) {
             Ok(data) => self.deliver(run, &data, range.start),
-            Err(msg) => self.fail_run(run, &range, &msg),
+            Err(msg) => self.fail_run(run, &range, &msg, purpose),
         }
     }
 
@@ -963,7 +1038,7 @@ impl Layer {
             Err(msg) => runs
                 .iter()
                 .zip(&ranges)
-                .flat_map(|(run, range)| self.fail_run(run, range, &msg))
+                .flat_map(|(run, range)| self.fail_run(run, range, &msg, purpose))
                 .collect(),
         }
     }
@@ -975,10 +1050,15 @@ impl Layer {
         run: &[(usize, Arc<Flight>)],
         range: &Range<u64>,
         msg: &str,
+        purpose: Purpose,
     ) -> Vec<(usize, ReadError)> {
-        for (p, _) in run {
-            if let Some(c) = self.chunk_at(*p) {
-                self.remember_failure(c, msg);
+        // Only reads remember failures (their retries fail at once); a
+        // failed prefetch leaves the next read free to try.
+        if purpose == Purpose::Read {
+            for (p, _) in run {
+                if let Some(c) = self.chunk_at(*p) {
+                    self.remember_failure(c, msg);
+                }
             }
         }
         self.complete(run, Err(msg.to_owned()));
@@ -1099,6 +1179,9 @@ impl Layer {
         // A mount is activity: background fetch waits its quiet period from
         // now (the container usually starts right after its pull).
         self.gate.touch();
+        if self.cfg.prefetch {
+            self.prefetch_profile();
+        }
         let prefetch_end = if self.cfg.prefetch {
             self.index.prefetch_end()
         } else {
@@ -1135,6 +1218,98 @@ impl Layer {
             }
         }
         tracing::debug!(layer = %self.digest(), "background fetch done");
+    }
+
+    /// Fetches the chunks of the learned profile, in its order: batches of
+    /// neighbouring entries, each sorted by blob offset with small gaps
+    /// filled (fewer, longer requests), [`PROFILE_WORKERS`] batches at a
+    /// time, each batch's runs in parallel. It does not wait for on-demand
+    /// reads: the profile is the order the workload itself read in, so it
+    /// fetches what the next reads will want, and a read needing a chunk
+    /// it has in flight waits for that one fetch instead of issuing another.
+    fn prefetch_profile(&self) {
+        if self.profile.is_empty() {
+            return;
+        }
+        let t = Instant::now();
+        let before = self.stats.prefetched_bytes.load(Ordering::Relaxed);
+        let mut batches: Vec<Vec<usize>> = Vec::new();
+        let (mut cur, mut bytes) = (Vec::new(), 0u64);
+        for &p in &self.profile {
+            let Some(c) = self.chunk_at(p) else { continue };
+            if self.have(&c.digest) {
+                continue;
+            }
+            cur.push(p);
+            bytes += c.blob_len;
+            if cur.len() >= PROFILE_BATCH_CHUNKS || bytes >= PROFILE_BATCH_BYTES {
+                batches.push(self.fill_gaps(std::mem::take(&mut cur)));
+                bytes = 0;
+            }
+        }
+        if !cur.is_empty() {
+            batches.push(self.fill_gaps(cur));
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failed = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..PROFILE_WORKERS.min(batches.len()) {
+                s.spawn(|| loop {
+                    if self.closed.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let Some(batch) = batches.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        return;
+                    };
+                    let errors = self.fetch_positions(batch, Purpose::Prefetch);
+                    failed.fetch_add(errors.len() as u64, Ordering::Relaxed);
+                });
+            }
+        });
+        tracing::info!(
+            layer = %self.digest(),
+            chunks = self.profile.len(),
+            batches = batches.len(),
+            fetched = self.stats.prefetched_bytes.load(Ordering::Relaxed) - before,
+            failed = failed.load(Ordering::Relaxed),
+            elapsed = ?t.elapsed(),
+            "learned-profile prefetch done"
+        );
+    }
+
+    /// `batch` sorted by blob position, with the uncached chunks lying
+    /// between two of its chunks added when they are few bytes.
+    fn fill_gaps(&self, mut batch: Vec<usize>) -> Vec<usize> {
+        batch.sort_unstable();
+        batch.dedup();
+        let mut out = Vec::with_capacity(batch.len());
+        for w in batch.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            out.push(a);
+            // Fill only a short, contiguous gap (stop counting early).
+            let mut between = 0u64;
+            let mut fill = b > a + 1;
+            for p in a..b {
+                let (Some(x), Some(y)) = (self.chunk_at(p), self.chunk_at(p + 1)) else {
+                    fill = false;
+                    break;
+                };
+                if p > a {
+                    between += x.blob_len;
+                }
+                if !adjacent(x, y) || between > PROFILE_GAP_FILL {
+                    fill = false;
+                    break;
+                }
+            }
+            if fill {
+                out.extend(a + 1..b);
+            }
+        }
+        if let Some(&last) = batch.last() {
+            out.push(last);
+        }
+        out
     }
 
     /// Sleeps up to `d`; true when the layer was closed meanwhile.

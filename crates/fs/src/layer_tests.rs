@@ -519,3 +519,66 @@ fn verified_bytes_are_served_when_the_cache_cannot_store_them() {
     assert_eq!(l.read(i, 1000, 10).unwrap(), a[1000..1010]);
     assert_eq!(src.requests.load(Ordering::SeqCst), n);
 }
+
+#[test]
+fn a_learned_profile_lists_first_reads_in_order_once() {
+    let (_d, _src, l, _a, _rt) = layer(quiet());
+    let l = l.with_learning(Duration::from_secs(3600), 1000);
+    assert!(l.take_learned(false).is_none(), "nothing read yet");
+    l.read(ino(&l, "c"), 0, 10).unwrap();
+    l.read(ino(&l, "a"), 200 * 1024, 10).unwrap();
+    l.read(ino(&l, "c"), 5, 10).unwrap(); // c again: no new entry
+    l.read(ino(&l, "a"), 0, 10).unwrap();
+    assert!(l.take_learned(false).is_none(), "the window has not passed");
+    let p = l.take_learned(true).unwrap();
+    assert_eq!(
+        p,
+        vec![
+            (std::path::PathBuf::from("c"), vec![0]),
+            (std::path::PathBuf::from("a"), vec![128 * 1024, 0]),
+        ]
+    );
+    assert!(l.take_learned(true).is_none(), "taken once");
+}
+
+#[test]
+fn learning_stops_after_its_window() {
+    let (_d, _src, l, _a, _rt) = layer(quiet());
+    let l = l.with_learning(Duration::from_millis(1), 1000);
+    l.read(ino(&l, "b"), 0, 5).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    l.read(ino(&l, "c"), 0, 5).unwrap();
+    let p = l.take_learned(false).unwrap();
+    assert_eq!(p, vec![(std::path::PathBuf::from("b"), vec![0])]);
+}
+
+#[test]
+fn a_profile_prefetches_what_it_names_and_skips_what_the_layer_lacks() {
+    let cfg = LayerConfig {
+        prefetch: true,
+        ..quiet()
+    };
+    let (_d, src, l, a, _rt) = layer(cfg);
+    let files = vec![
+        (std::path::PathBuf::from("../../etc/passwd"), vec![0]),
+        (std::path::PathBuf::from("/a"), vec![0]),
+        (std::path::PathBuf::from("nope"), vec![0]),
+        (std::path::PathBuf::from("a"), vec![256 * 1024, 1 << 40]),
+        (std::path::PathBuf::from("c"), vec![0]),
+    ];
+    let (l, n) = l.with_profile(&files);
+    assert_eq!(n, 2, "a's third chunk and c");
+    l.warm();
+    let after_warm = src.requests.load(Ordering::SeqCst);
+    assert!(after_warm >= 1);
+    // What the profile named is here: reading it costs no request...
+    assert_eq!(l.read(ino(&l, "c"), 0, 4).unwrap(), vec![7u8; 4]);
+    assert_eq!(
+        l.read(ino(&l, "a"), 256 * 1024, 100).unwrap(),
+        a[256 * 1024..256 * 1024 + 100]
+    );
+    assert_eq!(src.requests.load(Ordering::SeqCst), after_warm);
+    // ...and what it did not name is fetched on demand, verified as ever.
+    assert_eq!(l.read(ino(&l, "a"), 0, 100).unwrap(), a[..100]);
+    assert!(src.requests.load(Ordering::SeqCst) > after_warm);
+}

@@ -3,6 +3,7 @@
 //! * [`layer`] — the read path: chunks, single-flight fetches, verification,
 //!   prefetch and background fetch;
 //! * [`cache`] — the on-disk chunk cache shared by all layers;
+//! * [`profile`] — prefetch profiles learned on the node;
 //! * [`demand`] — on-demand reads first: prefetch and background fetch
 //!   yield to them;
 //! * [`fuse`] — the FUSE edge (`LayerFs`; read(2) lands in `LayerFs::read`)
@@ -17,6 +18,7 @@ pub mod demand;
 pub mod fuse;
 pub mod layer;
 pub mod observer;
+pub mod profile;
 
 use hologram_estargz::{parse_footer, read_toc_json, Index, IndexLimits, FOOTER_SIZE};
 use hologram_oci::Digest;

@@ -33,6 +33,9 @@ pub struct FileConfig {
     /// Lazy pulling.
     #[serde(default)]
     pub remote: RemoteSection,
+    /// Prefetch profiles learned on the node.
+    #[serde(default)]
+    pub profiles: ProfilesSection,
     /// Witness verification.
     #[serde(default)]
     pub trust: TrustSection,
@@ -293,6 +296,46 @@ impl Default for RemoteSection {
     }
 }
 
+/// `[profiles]`: prefetch profiles learned on the node (docs/ARCHITECTURE.md
+/// "Prefetch profiles").
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfilesSection {
+    /// The first run of a layer without a profile (and without a prefetch
+    /// landmark) learns the order its chunks are read in and stores it
+    /// under `<root>/profiles`.
+    pub learn: bool,
+    /// A mount of a layer with a profile prefetches in its order.
+    pub apply: bool,
+    /// How long after a layer's first read the learning lasts, seconds.
+    pub learn_window_secs: u64,
+    /// Read-only directories searched for `<layer digest hex>.json` after
+    /// the node's own (profiles shared between nodes).
+    pub shared_dirs: Vec<PathBuf>,
+}
+
+impl Default for ProfilesSection {
+    fn default() -> Self {
+        ProfilesSection {
+            learn: true,
+            apply: true,
+            learn_window_secs: 30,
+            shared_dirs: Vec::new(),
+        }
+    }
+}
+
+impl ProfilesSection {
+    /// `HOLOGRAM_PROFILES=0` turns learning and applying off.
+    pub fn with_env(mut self) -> Self {
+        if env_flag("HOLOGRAM_PROFILES") == Some(false) {
+            self.learn = false;
+            self.apply = false;
+        }
+        self
+    }
+}
+
 /// Reads `0`/`false`/`off`/`no` (and their opposites) from the environment.
 fn env_flag(name: &str) -> Option<bool> {
     match std::env::var(name)
@@ -345,6 +388,7 @@ pub struct Config {
     pub log_level: String,
     pub metrics_address: String,
     pub remote: RemoteSection,
+    pub profiles: ProfilesSection,
     pub trust: TrustSection,
     pub restart: RestartSection,
     pub ctp96: Ctp96Section,
@@ -374,6 +418,7 @@ impl Config {
                 .or(file.metrics_address)
                 .unwrap_or_else(|| hologram_telemetry::DEFAULT_METRICS_ADDRESS.to_owned()),
             remote: file.remote,
+            profiles: file.profiles.with_env(),
             trust: file.trust,
             restart: file.restart.with_env(),
             ctp96: file.ctp96,

@@ -36,6 +36,7 @@ pub mod mountinfo;
 pub mod mounts;
 pub mod node;
 pub mod plan;
+pub mod profiles;
 pub mod remote;
 pub mod service;
 pub mod snapshotter;

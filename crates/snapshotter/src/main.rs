@@ -149,6 +149,12 @@ async fn serve(cfg: Config, metrics_addr: Option<SocketAddr>) -> anyhow::Result<
                 let mut rc = remote_config(&cfg.remote.clone().with_env());
                 rc.credentials = Some(Arc::clone(&credentials));
                 rc.ctp96 = ctp96_config(&cfg)?;
+                rc.profiles = hologram_snapshotter::profiles::ProfileConfig {
+                    learn: cfg.profiles.learn,
+                    apply: cfg.profiles.apply,
+                    window: Duration::from_secs(cfg.profiles.learn_window_secs.max(1)),
+                    shared_dirs: cfg.profiles.shared_dirs.clone(),
+                };
                 // Passthrough fixes inode I/O modes a successor could not
                 // know (docs/RELIABILITY.md): not with handover.
                 rc.layer.passthrough = !cfg.restart.handover;
@@ -171,6 +177,9 @@ async fn serve(cfg: Config, metrics_addr: Option<SocketAddr>) -> anyhow::Result<
     if let Some(m) = &metrics {
         install_collector(m, Arc::clone(&remote));
     }
+    remote
+        .start_profile_keeper()
+        .context("cannot start the profile keeper")?;
     // What an earlier daemon left with the fd holder: its listening socket
     // and its FUSE connections, taken over below.
     let started = {
@@ -400,6 +409,7 @@ fn remote_config(r: &RemoteSection) -> RemoteConfig {
         index_budget: r.index_memory_mib.saturating_mul(mib),
         ctp96: Default::default(),
         credentials: None,
+        profiles: Default::default(),
     }
 }
 

@@ -16,9 +16,7 @@
 //! layer fails every read and no new snapshot may be built on it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Read as _;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -38,6 +36,7 @@ use hologram_telemetry::Metrics;
 use crate::fdstore::client::{Handover, Inherited};
 use crate::fdstore::{Key, Meta};
 use crate::plan::LayerPlan;
+use crate::profiles::Profiles;
 
 /// Settings of the remote path (from the config file and environment).
 #[derive(Debug, Clone)]
@@ -55,6 +54,8 @@ pub struct RemoteConfig {
     pub ctp96: crate::ctp96::Ctp96Config,
     /// Credentials given at run time (the CRI proxy's pull secrets).
     pub credentials: Option<Arc<hologram_remote::SessionCredentials>>,
+    /// Prefetch profiles learned on the node (`[profiles]`).
+    pub profiles: crate::profiles::ProfileConfig,
 }
 
 /// Why a layer is not served lazily: a short category (a metric label) and
@@ -165,7 +166,14 @@ pub struct RemoteLayers {
     demand: Arc<DemandGate>,
     /// What each mounted snapshot serves (for the node's page).
     served: Mutex<HashMap<u64, (Served, Option<String>)>>,
+    /// Prefetch profiles learned on the node.
+    profiles: Option<Profiles>,
+    /// Set at shutdown: the profile keeper stops.
+    stopping: std::sync::atomic::AtomicBool,
 }
+
+/// Most chunks one learned profile records.
+const LEARN_MAX_CHUNKS: usize = 200_000;
 
 /// A mounted layer as the node's page shows it.
 #[derive(Clone)]
@@ -207,6 +215,14 @@ impl RemoteLayers {
                 .context("cannot set up the registry client")?;
         let sources = crate::ctp96::Sources::new(&cfg.ctp96, metrics.clone())
             .context("cannot set up the CTP-96 transport")?;
+        let profiles = if cfg.profiles.learn || cfg.profiles.apply {
+            Some(
+                Profiles::open(root, cfg.profiles.clone())
+                    .with_context(|| format!("cannot create {}/profiles", root.display()))?,
+            )
+        } else {
+            None
+        };
         Ok(RemoteLayers {
             cfg,
             client,
@@ -223,7 +239,56 @@ impl RemoteLayers {
             inherited: Mutex::new(HashMap::new()),
             served: Mutex::new(HashMap::new()),
             demand: Arc::new(DemandGate::default()),
+            profiles,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Starts the thread that stores the profiles layers learned once
+    /// their learning window has passed (it ends with the daemon).
+    pub fn start_profile_keeper(self: &Arc<Self>) -> std::io::Result<()> {
+        if !self.profiles.as_ref().is_some_and(Profiles::learn) {
+            return Ok(());
+        }
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("hologram-profiles".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                let Some(me) = weak.upgrade() else { return };
+                if me.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                for layer in me.layers() {
+                    me.save_learned(&layer, false);
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Stores what `layer` learned, once its window has passed (`force`:
+    /// now).
+    fn save_learned(&self, layer: &Layer, force: bool) {
+        let Some(p) = &self.profiles else { return };
+        if !layer.is_learning() {
+            return;
+        }
+        let Some(files) = layer.take_learned(force) else {
+            return;
+        };
+        let n: usize = files.iter().map(|(_, c)| c.len()).sum();
+        match p.save(layer.digest(), files) {
+            Ok(Some(path)) => {
+                tracing::info!(layer = %layer.digest(), files = n, path = %path.display(), "learned a prefetch profile");
+                if let Some(m) = &self.metrics {
+                    m.profile("learned");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(layer = %layer.digest(), error = %e, "cannot store the learned prefetch profile")
+            }
+        }
     }
 
     /// Hands every FUSE connection over to `handover` from now on, and
@@ -348,7 +413,7 @@ impl RemoteLayers {
             image: plan.image.reference.clone(),
             state: CheckState::Pending,
         };
-        self.mount_served(id, name, &served, mountpoint)?;
+        self.mount_served(id, name, &served, mountpoint, true)?;
         self.remember_served(id, &served, Some(plan.image.manifest_digest.to_string()));
         let mut l = BTreeMap::new();
         l.insert(labels::REMOTE.to_owned(), labels::REMOTE_VALUE.to_owned());
@@ -378,13 +443,15 @@ impl RemoteLayers {
         Ok(l)
     }
 
-    /// Mounts what `served` describes (a new layer, or one restored).
+    /// Mounts what `served` describes (a new layer, `fresh`, or one
+    /// restored).
     fn mount_served(
         &self,
         id: u64,
         name: &str,
         served: &Served,
         mountpoint: &Path,
+        fresh: bool,
     ) -> Result<(), Fallback> {
         if !self.cfg.enabled {
             return Err(Fallback::new(
@@ -409,6 +476,7 @@ impl RemoteLayers {
             Arc::clone(&self.observer),
         )
         .with_demand_gate(Arc::clone(&self.demand));
+        layer = self.with_profile(layer, fresh);
         if served.state == CheckState::Verified {
             // Checked before a restart: nothing to compare again.
         } else {
@@ -458,6 +526,31 @@ impl RemoteLayers {
                 "internal error: the mount table is poisoned",
             )),
         }
+    }
+
+    /// Prefetch by the layer's profile when there is one; else, on a fresh
+    /// mount of a layer without a prefetch landmark, learn one.
+    fn with_profile(&self, layer: Layer, fresh: bool) -> Layer {
+        let Some(p) = &self.profiles else {
+            return layer;
+        };
+        let refused = || {
+            if let Some(m) = &self.metrics {
+                m.profile("refused");
+            }
+        };
+        if let Some(found) = p.find(layer.digest(), &refused) {
+            let (layer, chunks) = layer.with_profile(&found.files);
+            tracing::info!(layer = %layer.digest(), chunks, path = %found.path.display(), "prefetching by a learned profile");
+            if let Some(m) = &self.metrics {
+                m.profile("applied");
+            }
+            return layer;
+        }
+        if fresh && p.learn() && layer.index().prefetch_end().is_none() {
+            return layer.with_learning(p.config().window, LEARN_MAX_CHUNKS);
+        }
+        layer
     }
 
     fn fresh_mount(&self, layer: Arc<Layer>, mountpoint: &Path) -> Result<MountedLayer, Fallback> {
@@ -703,6 +796,9 @@ impl RemoteLayers {
             s.remove(&id);
         }
         let m = self.mounts.lock().ok().and_then(|mut m| m.remove(&id));
+        if let Some(m) = &m {
+            self.save_learned(m.layer(), true);
+        }
         if m.is_some() {
             if let Some(h) = self.handover() {
                 h.remove(Key::Fuse(id));
@@ -727,7 +823,7 @@ impl RemoteLayers {
         if served.state == CheckState::Bad {
             self.mark_bad(id);
         }
-        self.mount_served(id, name, &served, mountpoint)?;
+        self.mount_served(id, name, &served, mountpoint, false)?;
         self.remember_served(id, &served, labels.get(labels::HOLOGRAM_MANIFEST).cloned());
         Ok(())
     }
@@ -736,11 +832,16 @@ impl RemoteLayers {
     /// stay, for the next daemon to take over (running containers keep
     /// their files); without one they are unmounted.
     pub fn shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let all: Vec<MountedLayer> = self
             .mounts
             .lock()
             .map(|mut m| m.drain().map(|(_, v)| v).collect())
             .unwrap_or_default();
+        for m in &all {
+            self.save_learned(m.layer(), true);
+        }
         let keep = self.handover().is_some_and(|h| {
             let alive = h.holder_alive();
             h.close();
@@ -772,28 +873,7 @@ impl RemoteLayers {
 /// opened with `O_NOFOLLOW | O_NONBLOCK` and checked), at most
 /// [`MAX_TOC_REGION`] bytes. `Ok(None)` when there is none.
 fn read_toc_copy(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
-    let f = match std::fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let meta = f.metadata()?;
-    if !meta.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    if meta.len() > MAX_TOC_REGION {
-        return Err(std::io::Error::other(format!(
-            "{} bytes, over {MAX_TOC_REGION}",
-            meta.len()
-        )));
-    }
-    let mut out = Vec::with_capacity(meta.len() as usize);
-    f.take(MAX_TOC_REGION + 1).read_to_end(&mut out)?;
-    Ok(Some(out))
+    crate::profiles::read_regular(path, MAX_TOC_REGION)
 }
 
 /// The labels a Prepare brings, minus the ones only the daemon may write.

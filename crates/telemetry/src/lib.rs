@@ -90,6 +90,11 @@ pub const FALLBACK_REASONS: &[&str] = &[
 /// `hologram_layer_checks_total`).
 pub const LAYER_CHECK_RESULTS: &[&str] = &["verified", "bad"];
 
+/// What happened to prefetch profiles learned on the node
+/// (`hologram_prefetch_profiles_total`): a layer learned one and it was
+/// stored, a mount prefetched by one, a profile file was refused.
+pub const PROFILE_EVENTS: &[&str] = &["learned", "applied", "refused"];
+
 /// See [`Metrics::fuse_handles`]. Cheap to clone (every handle is an `Arc`).
 #[derive(Clone, Debug)]
 pub struct FuseHandles {
@@ -455,6 +460,7 @@ pub struct Metrics {
     verification_failures: Counter,
     layer_checks: Family<ResultLabel, Counter>,
     fallbacks: Family<ReasonLabel, Counter>,
+    profiles: Family<ResultLabel, Counter>,
     energy_hints: Family<HintLabel, FloatGauge>,
     lease_duration: FloatGauge,
     /// What the JSON API reads that the families cannot list: the
@@ -688,6 +694,12 @@ impl Metrics {
         );
         let (remote_fetch_duration, remote_fetches, fetched_bytes) = register_fetches(&mut r);
         let checks = register_checks(&mut r);
+        let profiles = counters(
+            &mut r,
+            "hologram_prefetch_profiles",
+            "Prefetch profiles learned on the node: learned (stored), applied (a mount prefetched by one), refused (an unusable profile file)",
+            result_labels(PROFILE_EVENTS),
+        );
         let energy_hints = Family::<HintLabel, FloatGauge>::default();
         r.register(
             "hologram_energy_hints",
@@ -724,6 +736,7 @@ impl Metrics {
             verification_failures: checks.verification_failures,
             layer_checks: checks.layer_checks,
             fallbacks: checks.fallbacks,
+            profiles,
             energy_hints,
             lease_duration,
             tally: Mutex::new(Tally::default()),
@@ -887,6 +900,20 @@ impl Metrics {
     }
 
     /// The whole-layer check of a lazily served layer ended: `verified` or `bad`.
+    /// Counts a prefetch-profile event (one of [`PROFILE_EVENTS`]).
+    pub fn profile(&self, event: &str) {
+        let result = if PROFILE_EVENTS.contains(&event) {
+            event
+        } else {
+            OTHER
+        };
+        self.profiles
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
     pub fn layer_check(&self, result: &str) {
         let result = if LAYER_CHECK_RESULTS.contains(&result) {
             result
