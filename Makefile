@@ -185,7 +185,7 @@ bench: bench-setup build
 
 ## bench-lazy: cold start / warm re-run of python, big and gcc over a shaped
 ## link (tbf 200 Mbit/s + 10 ms delay line), overlayfs vs hologram (background
-## fetch on/off, recorded profile); tables and PNG charts into docs/bench/
+## fetch on/off, recorded and learned profiles); tables and PNG charts into docs/bench/
 bench-lazy: bench-setup build
 	cargo build --release --locked -p hologram-bench
 	scripts/bench_lazy.py $(BENCH_ARGS)

@@ -67,6 +67,9 @@ MODES = {
     "hologram": ("hologram", "esgz", {}),
     "hologram-nobg": ("hologram", "esgz", {"HOLOGRAM_BACKGROUND_FETCH": "0"}),
     "hologram-profiled": ("hologram", "esgz-rec", {}),
+    # The plain image, with the profiles a first run learned (on a node of
+    # its own, then given to this one through [profiles] shared_dirs).
+    "hologram-learned": ("hologram", "esgz", {}),
     "hologram-ctp96": ("hologram", "esgz", {"HOLOGRAM_NET": "ctp96",
                                           "HOLOGRAM_CTP96_ENDPOINT": f"http://{CTP96_LISTEN}"}),
 }
@@ -299,10 +302,44 @@ def first_line(cmd, expect, timeout=600):
     return t, line
 
 
+LEARNED = {}
+
+
+def learn(workload):
+    """Runs the workload once on a node of its own (a fresh stack) and keeps
+    the prefetch profiles the daemon learned; returns their directory."""
+    if workload in LEARNED:
+        return LEARNED[workload]
+    w = WORKLOADS[workload]
+    ref = f"{REG}/{w['repo']}:esgz"
+    keep = tempfile.mkdtemp(prefix=f"hologram-bench-profiles.{workload}.", dir="/var/tmp")
+    st = Stack({})
+    try:
+        run([os.path.join(BIN, "hologram"), "pull", "--address", f"{st.work}/c.sock", "-n", NS,
+             "--snapshotter-socket", f"{st.work}/h.sock", "--plain-http", ref],
+            stdout=subprocess.DEVNULL)
+        first_line(st.ctr + ["run", "--rm", "--snapshotter", "hologram", ref, "learn"] + (w["cmd"] or []),
+                   w["expect"])
+        # A stopping daemon stores what its layers learned.
+        st.daemon.send_signal(signal.SIGTERM)
+        st.daemon.wait(30)
+        src = f"{st.work}/hologram/profiles"
+        for name in os.listdir(src):
+            if name.endswith(".json"):
+                shutil.copy(os.path.join(src, name), keep)
+    finally:
+        st.stop()
+    log(f"learned {len(os.listdir(keep))} profiles for {workload} in {keep}")
+    LEARNED[workload] = keep
+    return keep
+
+
 def sample(workload, mode, run_no, extra=""):
     snap, tag, env = MODES[mode]
     w = WORKLOADS[workload]
     ref = f"{REG}/{w['repo']}:{tag}"
+    if mode == "hologram-learned":
+        extra += f"\n[profiles]\nshared_dirs = [{json.dumps(learn(workload))}]\n"
     st = Stack(env, extra)
     try:
         b0, t0 = rx_bytes(), time.monotonic()
@@ -372,7 +409,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="python only, 1 run, overlayfs vs hologram (< 15 min)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workloads", default="python,big,gcc")
-    ap.add_argument("--modes", default="overlayfs,hologram,hologram-nobg,hologram-profiled,hologram-ctp96")
+    ap.add_argument("--modes", default="overlayfs,hologram,hologram-nobg,hologram-profiled,hologram-learned,hologram-ctp96")
     ap.add_argument("--out", default=os.path.join(TOP, "docs", "bench"))
     ap.add_argument("--remote-config", default="",
                     help="extra [remote] keys for the daemon, e.g. 'readaround_kib = 64' (experiments)")
@@ -406,6 +443,8 @@ def main():
     finally:
         if ctp96:
             ctp96.stop()
+        for d in LEARNED.values():
+            shutil.rmtree(d, ignore_errors=True)
     machine = f"{platform.node()}: {os.cpu_count()} CPUs, Linux {platform.release()}"
     doc = {"machine": machine, "link": "tbf 200 Mbit/s + 10 ms delay line each way (netreg.sh)",
            "command": " ".join(["scripts/bench_lazy.py"] + sys.argv[1:]),
