@@ -34,6 +34,7 @@ use crate::cache::ChunkCache;
 use crate::demand::DemandGate;
 use crate::observer::Observer;
 use crate::profile::{Learner, ProfileFiles};
+use crate::spool::Spool;
 
 /// Tunables of the read path.
 #[derive(Debug, Clone)]
@@ -277,6 +278,11 @@ pub struct Layer {
     /// A learned profile's chunks (positions in blob order), in the order
     /// to prefetch them ([`Layer::with_profile`]).
     profile: Vec<usize>,
+    /// Compressed bytes fetched ahead of the pass, for the pass
+    /// ([`Layer::with_spool`]).
+    spool: Option<Spool>,
+    /// Where the pass is (a copy of `Pass::pos` readable without its lock).
+    pass_pos: AtomicU64,
 }
 
 /// Chunks of a profile fetched by one request batch (before gap filling).
@@ -356,6 +362,8 @@ impl Layer {
             access: None,
             learner: None,
             profile: Vec::new(),
+            spool: None,
+            pass_pos: AtomicU64::new(0),
             dir_of_pos: Vec::new(),
         }
         .with_dirs()
@@ -429,6 +437,24 @@ impl Layer {
     /// `window` after the first read (see [`crate::profile`]).
     pub fn with_learning(mut self, window: Duration, max_chunks: usize) -> Layer {
         self.learner = Some(Learner::new(window, max_chunks));
+        self
+    }
+
+    /// Keeps the compressed bytes on-demand reads and prefetch fetch ahead
+    /// of the background pass in a sparse file at `path`, so that the pass
+    /// (the whole-layer check) does not fetch them again. Only with
+    /// background fetch on; without a spool (it cannot be created) the
+    /// pass fetches everything itself.
+    pub fn with_spool(mut self, path: &std::path::Path) -> Layer {
+        if !self.cfg.background_fetch {
+            return self;
+        }
+        match Spool::create(path) {
+            Ok(s) => self.spool = Some(s),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "no spool for the layer check: it will fetch what reads fetched again")
+            }
+        }
         self
     }
 
@@ -1009,7 +1035,7 @@ impl Layer {
             return Vec::new();
         };
         match self.fetch_range(range.clone(), purpose) {
-            Ok(data) => self.deliver(run, &data, range.start),
+            Ok(data) => self.deliver(run, &data, range.start, purpose != Purpose::Background),
             Err(msg) => self.fail_run(run, &range, &msg, purpose),
         }
     }
@@ -1033,7 +1059,9 @@ impl Layer {
                 .iter()
                 .zip(&ranges)
                 .zip(&datas)
-                .flat_map(|((run, range), data)| self.deliver(run, data, range.start))
+                .flat_map(|((run, range), data)| {
+                    self.deliver(run, data, range.start, purpose != Purpose::Background)
+                })
                 .collect(),
             Err(msg) => runs
                 .iter()
@@ -1075,14 +1103,18 @@ impl Layer {
     }
 
     /// Decompresses, verifies and caches the claimed chunks of `run` from
-    /// `data` (blob bytes starting at `start`), waking their waiters.
-    /// Returns the errors by position.
+    /// `data` (blob bytes starting at `start`), waking their waiters; with
+    /// `spool`, keeps the compressed bytes of the verified chunks the pass
+    /// has not reached for it. Returns the errors by position.
     fn deliver(
         &self,
         run: &[(usize, Arc<Flight>)],
         data: &[u8],
         start: u64,
+        spool: bool,
     ) -> Vec<(usize, ReadError)> {
+        let spool = self.spool.as_ref().filter(|_| spool);
+        let pass_pos = self.pass_pos.load(Ordering::Relaxed);
         let mut errors = Vec::new();
         for (pos, flight) in run {
             let Some(c) = self.chunk_at(*pos) else {
@@ -1092,6 +1124,13 @@ impl Layer {
             let hi = lo + c.blob_len as usize;
             let r = match data.get(lo..hi).map(|b| decompress_chunk(c, b)) {
                 Some(Ok(bytes)) => {
+                    // Only verified bytes: a corrupt answer is refetched
+                    // by the pass, never hashed as the layer's.
+                    if let (Some(sp), Some(raw)) = (spool, data.get(lo..hi)) {
+                        if c.blob_offset + c.blob_len > pass_pos {
+                            sp.put(c.blob_offset, raw);
+                        }
+                    }
                     if let Err(e) = self.cache.put(&c.digest, &bytes) {
                         // Verified bytes are served anyway, from memory.
                         let n = self
@@ -1385,16 +1424,20 @@ impl Layer {
             let window = self.next_window(pass.pos, until, size);
             let positions = self.chunks_within(&window);
             let run = self.claim(positions.into_iter());
-            let data = match self.fetch_range(window.clone(), purpose) {
+            let data = match self.pass_window(&window, purpose) {
                 Ok(d) => d,
                 Err(e) => {
                     self.complete(&run, Err(e.clone()));
                     return Err(e);
                 }
             };
-            let _ = self.deliver(&run, &data, window.start);
+            let _ = self.deliver(&run, &data, window.start, false);
             self.hash_window(&mut pass, &data);
             pass.pos = window.end;
+            self.pass_pos.store(window.end, Ordering::Relaxed);
+            if let Some(sp) = &self.spool {
+                sp.release_before(window.end);
+            }
             sent += data.len() as u64;
             throttle(started, sent, rate);
         }
@@ -1402,6 +1445,43 @@ impl Layer {
             self.finish_pass(&mut pass);
         }
         Ok(())
+    }
+
+    /// The bytes of `window` for the pass: what the spool holds from
+    /// there, the rest fetched (one `read_ranges` call).
+    fn pass_window(&self, window: &Range<u64>, purpose: Purpose) -> Result<bytes::Bytes, String> {
+        let parts = match &self.spool {
+            Some(sp) => sp.split(window),
+            None => Vec::new(),
+        };
+        let Some(sp) = self.spool.as_ref().filter(|_| parts.iter().any(|(_, held)| *held)) else {
+            return self.fetch_range(window.clone(), purpose);
+        };
+        let missing: Vec<Range<u64>> = parts
+            .iter()
+            .filter(|(_, held)| !held)
+            .map(|(r, _)| r.clone())
+            .collect();
+        let mut fetched = if missing.is_empty() {
+            Vec::new()
+        } else {
+            self.fetch_ranges(&missing, purpose)?
+        }
+        .into_iter();
+        let mut out = Vec::with_capacity((window.end - window.start) as usize);
+        for (r, held) in parts {
+            if held {
+                // A spool that cannot be read only costs a fetch.
+                match sp.read(&r) {
+                    Ok(b) => out.extend_from_slice(&b),
+                    Err(_) => out.extend_from_slice(&self.fetch_range(r, purpose)?),
+                }
+            } else {
+                let b = fetched.next().ok_or("a range got no answer")?;
+                out.extend_from_slice(&b);
+            }
+        }
+        Ok(bytes::Bytes::from(out))
     }
 
     fn hash_window(&self, pass: &mut Pass, data: &[u8]) {

@@ -26,6 +26,8 @@ struct FakeBlob {
     fail: AtomicBool,
     corrupt_at: AtomicU64, // flip this byte offset if != u64::MAX
     delay: Duration,
+    /// Bytes served.
+    served: AtomicU64,
 }
 
 #[async_trait::async_trait]
@@ -49,6 +51,7 @@ impl BlobSource for FakeBlob {
             return Err(SourceError::Unavailable("registry gone".into()));
         }
         tokio::time::sleep(self.delay).await;
+        self.served.fetch_add(len, Ordering::SeqCst);
         let mut v = self.data[offset as usize..(offset + len) as usize].to_vec();
         let c = self.corrupt_at.load(Ordering::SeqCst);
         if c != u64::MAX && c >= offset && c < offset + len {
@@ -136,6 +139,7 @@ fn layer(
         fail: AtomicBool::new(false),
         corrupt_at: AtomicU64::new(u64::MAX),
         delay: Duration::from_millis(50),
+        served: AtomicU64::new(0),
     });
     let dir = tempfile::tempdir().unwrap();
     let cache = Arc::new(ChunkCache::open(dir.path(), 1 << 30).unwrap());
@@ -355,6 +359,7 @@ fn checked_layer(cfg: LayerConfig, claimed: impl FnOnce(LayerDigests) -> LayerDi
         fail: AtomicBool::new(false),
         corrupt_at: AtomicU64::new(u64::MAX),
         delay: Duration::from_millis(1),
+        served: AtomicU64::new(0),
     });
     let dir = tempfile::tempdir().unwrap();
     let cache = Arc::new(ChunkCache::open(dir.path(), 1 << 30).unwrap());
@@ -581,4 +586,41 @@ fn a_profile_prefetches_what_it_names_and_skips_what_the_layer_lacks() {
     // ...and what it did not name is fetched on demand, verified as ever.
     assert_eq!(l.read(ino(&l, "a"), 0, 100).unwrap(), a[..100]);
     assert!(src.requests.load(Ordering::SeqCst) > after_warm);
+}
+
+#[test]
+fn the_check_does_not_fetch_again_what_reads_fetched() {
+    let cfg = LayerConfig {
+        readaround: 0,
+        ..background()
+    };
+    let (dir, src, l, heard, _rt) = checked_layer(cfg, |d| d);
+    let l = l.with_spool(&dir.path().join("spool"));
+    // Reads first: a's second chunk and c.
+    l.read(ino(&l, "a"), 128 * 1024, 10).unwrap();
+    l.read(ino(&l, "c"), 0, 10).unwrap();
+    let by_reads = src.served.load(Ordering::SeqCst);
+    assert!(by_reads > 0);
+    l.warm();
+    assert_eq!(*heard.lock().unwrap(), [Verdict::Verified]);
+    assert_eq!(
+        src.served.load(Ordering::SeqCst),
+        src.size(),
+        "reads + the pass fetched every byte exactly once"
+    );
+}
+
+#[test]
+fn a_corrupt_answer_to_a_read_is_not_what_the_check_hashes() {
+    let (dir, src, l, heard, _rt) = checked_layer(background(), |d| d);
+    let l = l.with_spool(&dir.path().join("spool"));
+    let a = ino(&l, "a");
+    let first = l.index().chunks(l.index().node(a).unwrap())[0].clone();
+    src.corrupt_at
+        .store(first.blob_offset + first.blob_len / 2, Ordering::SeqCst);
+    assert!(l.read(a, 0, 10).is_err(), "the corrupt chunk is refused");
+    src.corrupt_at.store(u64::MAX, Ordering::SeqCst);
+    l.warm();
+    assert_eq!(*heard.lock().unwrap(), [Verdict::Verified]);
+    assert_eq!(l.read(a, 0, 3).unwrap().len(), 3);
 }

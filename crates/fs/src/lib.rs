@@ -19,6 +19,7 @@ pub mod fuse;
 pub mod layer;
 pub mod observer;
 pub mod profile;
+pub mod spool;
 
 use hologram_estargz::{parse_footer, read_toc_json, Index, IndexLimits, FOOTER_SIZE};
 use hologram_oci::Digest;

@@ -150,6 +150,9 @@ pub struct RemoteLayers {
     cache: Arc<ChunkCache>,
     rt: tokio::runtime::Handle,
     toc_dir: PathBuf,
+    /// Compressed bytes fetched ahead of each layer's check, by snapshot
+    /// id (`hologram_fs::spool`).
+    spool_dir: PathBuf,
     mounts: Mutex<HashMap<u64, MountedLayer>>,
     /// Snapshots whose layer failed its check.
     bad: Arc<Mutex<HashSet<u64>>>,
@@ -210,6 +213,12 @@ impl RemoteLayers {
         let toc_dir = root.join("cache/tocs");
         std::fs::create_dir_all(&toc_dir)
             .with_context(|| format!("cannot create {}", toc_dir.display()))?;
+        // Spool files belong to the mounts of one daemon: an earlier one's
+        // are stale (their passes start again from offset 0).
+        let spool_dir = root.join("cache/spool");
+        let _ = std::fs::remove_dir_all(&spool_dir);
+        std::fs::create_dir_all(&spool_dir)
+            .with_context(|| format!("cannot create {}", spool_dir.display()))?;
         let client =
             RegistryClient::with_session_credentials(cfg.registry.clone(), cfg.credentials.clone())
                 .context("cannot set up the registry client")?;
@@ -230,6 +239,7 @@ impl RemoteLayers {
             cache: Arc::new(cache),
             rt,
             toc_dir,
+            spool_dir,
             mounts: Mutex::new(HashMap::new()),
             bad: Arc::new(Mutex::new(HashSet::new())),
             store: Arc::new(Mutex::new(None)),
@@ -480,6 +490,8 @@ impl RemoteLayers {
         if served.state == CheckState::Verified {
             // Checked before a restart: nothing to compare again.
         } else {
+            // The id is unique to this mount; the file goes with the layer.
+            layer = layer.with_spool(&self.spool_dir.join(id.to_string()));
             layer = layer.with_expected(
                 LayerDigests {
                     blob: served.layer,
