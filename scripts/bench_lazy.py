@@ -110,6 +110,17 @@ def rx_bytes():
         return int(f.read())
 
 
+def layer_bytes(ref):
+    """Sum of the compressed layer sizes of `ref` (repo:tag) in the registry."""
+    repo, tag = ref.rsplit(":", 1)
+    req = urllib.request.Request(
+        f"http://{REG}/v2/{repo}/manifests/{tag}",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json,"
+                           "application/vnd.docker.distribution.manifest.v2+json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return sum(l["size"] for l in json.load(r)["layers"])
+
+
 def manifest_exists(ref):
     repo, tag = ref.rsplit(":", 1)
     req = urllib.request.Request(
@@ -364,8 +375,23 @@ def sample(workload, mode, run_no, extra=""):
         warm_fuse = (st.fuse_requests() - before) if before is not None else None
         rss, cpu = st.daemon_stats()
         bytes_total = rx_bytes() - b0
+        # Then until every layer's whole-layer check is done (background
+        # fetch on): all the bytes a lazily pulled image ever costs.
+        bytes_checked = None
+        if snap == "hologram" and env.get("HOLOGRAM_BACKGROUND_FETCH") != "0":
+            def checked():
+                layers = st._metric_sum("hologram_mounted_layers ")
+                done = st._metric_sum('hologram_layer_checks_total{result="verified"}')
+                return layers is not None and done is not None and done >= layers > 0
+            try:
+                wait_for("the layer checks", 600, checked)
+                bytes_checked = rx_bytes() - b0
+            except SystemExit as e:
+                log(f"{e}: no checked-bytes figure for this run")
         return {"workload": workload, "mode": mode, "run": run_no, "cold_s": cold, "pull_s": t_pull,
-                "bytes_first": bytes_first, "bytes_total": bytes_total, "fetches": fetches,
+                "layer_bytes": layer_bytes(f"{w['repo']}:{tag}"),
+                "bytes_first": bytes_first, "bytes_total": bytes_total, "bytes_checked": bytes_checked,
+                "fetches": fetches,
                 "warm_s": warm, "warm_fuse_requests": warm_fuse, "daemon_peak_rss": rss, "daemon_cpu_s": cpu}
     finally:
         st.stop()
@@ -377,8 +403,8 @@ def median(xs):
 
 
 def table(samples, workloads, modes):
-    out = ["| workload | mode | cold to first output, s (median, min–max) | × overlayfs | MB before output | MB total | range requests (CTP-96: batched fetches) | warm re-run, s | warm × overlayfs | FUSE requests in the warm run | daemon peak RSS, MiB | daemon CPU, s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| workload | mode | cold to first output, s (median, min–max) | × overlayfs | MB before output | MB total | until checked, × layers | range requests (CTP-96: batched fetches) | warm re-run, s | warm × overlayfs | FUSE requests in the warm run | daemon peak RSS, MiB | daemon CPU, s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for w in workloads:
         base = [s for s in samples if s["workload"] == w and s["mode"] == "overlayfs"]
         bc, bw = median([s["cold_s"] for s in base]), median([s["warm_s"] for s in base])
@@ -391,11 +417,14 @@ def table(samples, workloads, modes):
             hologram = MODES[m][0] == "hologram"
             f = median([s["fetches"] for s in ss]) if hologram else None
             wf = median([s.get("warm_fuse_requests") for s in ss]) if hologram else None
-            out.append("| {} | {} | {:.2f} ({:.2f}–{:.2f}) | {} | {:.1f} | {:.1f} | {} | {:.3f} | {} | {} | {} | {} |".format(
+            ratios = [s["bytes_checked"] / s["layer_bytes"] for s in ss
+                      if s.get("bytes_checked") and s.get("layer_bytes")]
+            out.append("| {} | {} | {:.2f} ({:.2f}–{:.2f}) | {} | {:.1f} | {:.1f} | {} | {} | {:.3f} | {} | {} | {} | {} |".format(
                 w, m, mc, min(c), max(c),
                 f"{mc / bc:.2f}" if bc else "—",
                 median([s["bytes_first"] for s in ss]) / 1e6,
                 median([s["bytes_total"] for s in ss]) / 1e6,
+                f"{median(ratios):.3f}" if ratios else "—",
                 f"{f:.0f}" if f is not None else "—",
                 mw, f"{mw / bw:.2f}" if bw else "—",
                 f"{wf:.0f}" if wf is not None else "—",

@@ -458,6 +458,20 @@ impl Layer {
         self
     }
 
+    /// Gives the spool the blob's TOC region (the bytes from the TOC member
+    /// to the footer, checked against the TOC digest when the index was
+    /// built), so the check does not fetch it again.
+    pub fn spool_toc_region(&self, region: &[u8]) {
+        let Some(sp) = &self.spool else { return };
+        let end = self
+            .source
+            .size()
+            .saturating_sub(hologram_estargz::FOOTER_SIZE);
+        if let Some(start) = end.checked_sub(region.len() as u64) {
+            sp.put(start, region);
+        }
+    }
+
     /// Whether the layer is learning a profile that is not taken yet.
     pub fn is_learning(&self) -> bool {
         self.learner.is_some()
@@ -1454,7 +1468,11 @@ impl Layer {
             Some(sp) => sp.split(window),
             None => Vec::new(),
         };
-        let Some(sp) = self.spool.as_ref().filter(|_| parts.iter().any(|(_, held)| *held)) else {
+        let Some(sp) = self
+            .spool
+            .as_ref()
+            .filter(|_| parts.iter().any(|(_, held)| *held))
+        else {
             return self.fetch_range(window.clone(), purpose);
         };
         let missing: Vec<Range<u64>> = parts

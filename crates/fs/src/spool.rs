@@ -121,10 +121,7 @@ impl Spool {
         let Ok(mut have) = self.have.lock() else {
             return;
         };
-        let gone: Vec<(u64, u64)> = have
-            .range(..pos)
-            .map(|(&a, &b)| (a, b))
-            .collect();
+        let gone: Vec<(u64, u64)> = have.range(..pos).map(|(&a, &b)| (a, b)).collect();
         for (a, b) in gone {
             have.remove(&a);
             if b > pos {
@@ -163,13 +160,25 @@ mod tests {
         s.put(20, &[3; 2]); // 20..22, touches 10..20
         assert_eq!(
             s.split(&(0..40)),
-            vec![(0..10, false), (10..22, true), (22..30, false), (30..35, true), (35..40, false)]
+            vec![
+                (0..10, false),
+                (10..22, true),
+                (22..30, false),
+                (30..35, true),
+                (35..40, false)
+            ]
         );
-        assert_eq!(s.split(&(12..31)), vec![(12..22, true), (22..30, false), (30..31, true)]);
+        assert_eq!(
+            s.split(&(12..31)),
+            vec![(12..22, true), (22..30, false), (30..31, true)]
+        );
         assert_eq!(s.split(&(40..50)), vec![(40..50, false)]);
         assert_eq!(s.read(&(19..22)).unwrap(), vec![1, 3, 3]);
         s.release_before(31);
-        assert_eq!(s.split(&(0..40)), vec![(0..31, false), (31..35, true), (35..40, false)]);
+        assert_eq!(
+            s.split(&(0..40)),
+            vec![(0..31, false), (31..35, true), (35..40, false)]
+        );
         let path = d.path().join("x");
         drop(s);
         assert!(!path.exists(), "removed with the layer");

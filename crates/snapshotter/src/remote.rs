@@ -475,7 +475,7 @@ impl RemoteLayers {
             served.layer,
             served.size,
         ));
-        let index = self.index_for(&*source, &served.toc)?;
+        let (index, region) = self.index_for(&*source, &served.toc)?;
         self.check_budget(&index, served)?;
         let mut layer = Layer::new(
             index,
@@ -492,6 +492,9 @@ impl RemoteLayers {
         } else {
             // The id is unique to this mount; the file goes with the layer.
             layer = layer.with_spool(&self.spool_dir.join(id.to_string()));
+            // The TOC region, which decoded to the TOC the manifest names:
+            // the check need not fetch it again.
+            layer.spool_toc_region(&region);
             layer = layer.with_expected(
                 LayerDigests {
                     blob: served.layer,
@@ -701,19 +704,20 @@ impl RemoteLayers {
         }
     }
 
-    /// The layer's index: from the local TOC copy when we have one (no
-    /// network, so restarts do not depend on the registry), else fetched.
+    /// The layer's index and its compressed TOC region: from the local TOC
+    /// copy when we have one (no network, so restarts do not depend on the
+    /// registry), else fetched.
     fn index_for(
         &self,
         source: &dyn BlobSource,
         toc: &Digest,
-    ) -> Result<hologram_estargz::Index, Fallback> {
+    ) -> Result<(hologram_estargz::Index, Vec<u8>), Fallback> {
         // The file name is the digest's 64 hex digits: nothing else can be.
         let path = self.toc_dir.join(toc.hex());
         match read_toc_copy(&path) {
             Ok(Some(region)) => {
                 match hologram_fs::index_from_region(&region, toc, source.size(), self.limits()) {
-                    Ok(index) => return Ok(index),
+                    Ok(index) => return Ok((index, region)),
                     Err(e) => {
                         tracing::warn!(path = %path.display(), error = %e, "local TOC copy unusable; fetching again");
                         let _ = std::fs::remove_file(&path);
@@ -746,7 +750,7 @@ impl RemoteLayers {
         {
             let _ = std::fs::remove_file(&tmp);
         }
-        Ok(index)
+        Ok((index, region))
     }
 
     /// Runs the check of snapshot `id`'s layer now (bounded by `deadline`).
