@@ -279,6 +279,9 @@ where
 pub struct GaugeSnapshot {
     /// Remote layers mounted now (`hologram_mounted_layers`).
     pub mounted_layers: u64,
+    /// Remote layers not mounted yet after a restart, being restored in
+    /// the background (`hologram_restoring_layers`).
+    pub restoring_layers: u64,
     /// Bytes held in the chunk cache (`hologram_cache_bytes`).
     pub cache_bytes: u64,
     /// The chunk cache's limit (`hologram_cache_limit_bytes`).
@@ -362,6 +365,12 @@ impl Collector for StateCollector {
             "hologram_mounted_layers",
             "Remote layers mounted now.",
             s.mounted_layers,
+        )?;
+        encode_gauge(
+            e,
+            "hologram_restoring_layers",
+            "Remote layers not mounted again yet after a restart (no local TOC copy, the registry is needed), restored in the background.",
+            s.restoring_layers,
         )?;
         encode_gauge(
             e,
