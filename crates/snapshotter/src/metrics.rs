@@ -51,6 +51,9 @@ impl Observer for FsMetrics {
     fn verify_failure(&self) {
         self.0.verification_failure();
     }
+    fn read_interrupted(&self) {
+        self.0.read_interrupted();
+    }
 }
 
 /// Refreshes the gauges from the remote layers at every scrape.

@@ -102,9 +102,16 @@ pub struct FuseHandles {
     registry: (Histogram, Counter, Counter, Counter),
     ctp96: (Histogram, Counter, Counter, Counter),
     verification_failures: Counter,
+    read_interrupted: Counter,
 }
 
 impl FuseHandles {
+    /// A read waiting on the network answered EINTR (its reader got a
+    /// signal): `hologram_fuse_operations{op="read",result="interrupted"}`.
+    pub fn read_interrupted(&self) {
+        self.read_interrupted.inc();
+    }
+
     /// One FUSE op; ops not resolved up front are ignored.
     pub fn op(&self, op: &str, ok: bool) {
         if let Some((good, bad)) = self.ops.get(op) {
@@ -828,6 +835,7 @@ impl Metrics {
                 .clone(),
             registry: fetch("registry"),
             ctp96: fetch("ctp96"),
+            read_interrupted: counter("read", "interrupted"),
             verification_failures: self.verification_failures.clone(),
         }
     }
