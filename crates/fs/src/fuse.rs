@@ -90,11 +90,6 @@ impl WaitingReads {
         let taken = slot.lock().ok().and_then(|mut r| r.take());
         taken
     }
-
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.0.lock().map(|w| w.len()).unwrap_or(0)
-    }
 }
 
 fn kind_of(k: NodeKind) -> FileType {
