@@ -896,6 +896,15 @@ impl RemoteLayers {
         let pending = self.restoring.lock().ok().and_then(|mut r| r.remove(&id));
         if let Some(p) = pending {
             p.cancel();
+            // An attempt in flight ends within `fetch_timeout`, and drops
+            // the mount it made: wait for it, so the caller never deletes
+            // the directory while a mount appears on it.
+            if !p.wait_done(Instant::now() + self.fetch_timeout() + Duration::from_secs(5)) {
+                tracing::warn!(
+                    snapshot_id = id,
+                    "the background restore of a removed snapshot did not stop in time"
+                );
+            }
             // The connection an earlier daemon left for it, if it waited
             // for the index: released (the caller detaches the mount).
             let inh = self.inherited.lock().ok().and_then(|mut i| i.remove(&id));
