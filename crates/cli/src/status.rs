@@ -98,6 +98,25 @@ fn term(s: &str) -> String {
 pub fn render_images(s: &hologram_telemetry::api::NodeState) -> String {
     use hologram_telemetry::api::LayerMode;
     let mut o = String::new();
+    if !s.restoring.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nRestoring in the background (snapshots on these layers are refused until they are mounted)"
+        );
+        for r in &s.restoring {
+            let _ = writeln!(
+                o,
+                "  {}  snapshot {}  {}  {} failed attempt(s)",
+                term(&r.digest),
+                r.snapshot_id,
+                term(&r.image),
+                r.attempts
+            );
+            if let Some(e) = &r.last_error {
+                let _ = writeln!(o, "    last error: {}", term(e));
+            }
+        }
+    }
     if s.images.is_empty() {
         return o;
     }
@@ -549,6 +568,14 @@ pub fn render(e: &Exposition, url: &str, now: f64) -> String {
         "  mounted layers         {}",
         count(e.sum("hologram_mounted_layers", &[]))
     );
+    let restoring = e.sum("hologram_restoring_layers", &[]);
+    if restoring > 0.0 {
+        let _ = writeln!(
+            o,
+            "  RESTORING layers       {} (not mounted again yet after a restart: the registry is needed)",
+            count(restoring)
+        );
+    }
 
     let _ = writeln!(o, "\nData");
     let fetched = e.by_label("hologram_fetched_bytes_total", "source");

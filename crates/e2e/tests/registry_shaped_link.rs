@@ -1,12 +1,14 @@
 //! Issue 12: a slowed registry, shaped as `../shared/scenarios/netreg.sh`
 //! shapes the benchmarks' link: the registry in a network namespace behind
-//! a veth pair with `tbf` on both ends. At 200 Mbit/s the image is pulled
-//! and read lazily over the link; slowed to 16 kbit/s (a 64 KiB chunk would
-//! take half a minute), a read of never-fetched data fails with EIO within
-//! `fetch_timeout_secs` plus a margin, cached files still read, and once
-//! the link is fast again the same read returns the right bytes.
+//! a veth pair with `tbf` on both ends and a delay line (20 ms each way
+//! here; a request's round trip is measured to prove it). At 200 Mbit/s
+//! the image is pulled and read lazily over the link; slowed to 16 kbit/s
+//! (a 64 KiB chunk would take half a minute), a read of never-fetched data
+//! fails with EIO within `fetch_timeout_secs` plus a margin, cached files
+//! still read, and once the link is fast again the same read returns the
+//! right bytes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use hologram_e2e::lazy::{json_str, LazyEnv, LazyOptions};
@@ -17,6 +19,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(4);
 /// What `ctr tasks exec` and the kernel's retries may add (under CPU load).
 const MARGIN: Duration = Duration::from_secs(5);
 const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
+/// The delay line's one-way delay (netreg.sh's default is 10 ms).
+const DELAY: Duration = Duration::from_millis(20);
 
 const CONFIG: &str = "[remote]\n\
 plain_http = true\n\
@@ -34,8 +38,23 @@ fn a_slowed_link_gives_bounded_eio_then_recovers() -> Result<()> {
     let original = env.push_mkimage(true, "e2e/layers:shaped-src")?;
     let converted = format!("{}/e2e/layers:shaped-esgz", env.registry.addr());
     env.convert(&original.reference, &converted, &[])?;
-    let link = ShapedRegistry::start(env.registry.storage_dir(), "200mbit")?;
+    let link = ShapedRegistry::start(env.registry.storage_dir(), "200mbit", DELAY)?;
     let target = format!("{}/e2e/layers:shaped-esgz", link.addr());
+    // The latency is real: a request and its answer each cross the delay
+    // line once (the registry itself answers /v2/ in well under 1 ms).
+    let mut rtts = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let r = hologram_e2e::registry::http_get(link.addr(), "/v2/", &[])?;
+        rtts.push(t.elapsed());
+        assert_eq!(r.status, 200);
+    }
+    let fastest = rtts.iter().min().copied().unwrap_or_default();
+    assert!(
+        fastest >= 2 * DELAY,
+        "GET /v2/ over the link took {rtts:?}, expected at least {:?}",
+        2 * DELAY
+    );
 
     let rx0 = link.rx_bytes()?;
     let sum = env.hologram_pull(&target)?;
@@ -84,7 +103,7 @@ fn a_slowed_link_gives_bounded_eio_then_recovers() -> Result<()> {
         },
     )?;
     eprintln!(
-        "slowed link: EIO after {:.2} s; {} bytes over the link",
+        "link: {DELAY:?} each way (GET /v2/ round trips {rtts:?}); slowed link: EIO after {:.2} s; {} bytes over the link",
         took.as_secs_f64(),
         link.rx_bytes()? - rx0
     );

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request, RequestId,
     SessionACL,
 };
 use hologram_estargz::{Index, Node, NodeKind};
@@ -51,6 +51,45 @@ pub struct LayerFs {
     /// Whether any file of the layer has an extended attribute.
     has_xattrs: bool,
     opens: Mutex<HashMap<u64, OpenState>>,
+    /// Reads waiting on the network, by FUSE request id.
+    waiting: WaitingReads,
+}
+
+/// The reply of a read waiting on the network: whoever takes it first
+/// answers — the read when its bytes arrive, or an INTERRUPT with EINTR.
+type ReplySlot = Arc<Mutex<Option<ReplyData>>>;
+
+/// The reads of one mount that wait on the network, by FUSE request id, so
+/// that `FUSE_INTERRUPT` (the reader got a signal) can answer one at once.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct WaitingReads(Arc<Mutex<HashMap<u64, ReplySlot>>>);
+
+impl WaitingReads {
+    /// Registers request `unique`'s reply; the slot it is kept in.
+    fn register(&self, unique: u64, reply: ReplyData) -> ReplySlot {
+        let slot = Arc::new(Mutex::new(Some(reply)));
+        if let Ok(mut w) = self.0.lock() {
+            w.insert(unique, Arc::clone(&slot));
+        }
+        slot
+    }
+
+    /// The reply of request `unique` when the read is done (`None`: an
+    /// interrupt answered it already).
+    fn finish(&self, unique: u64, slot: &ReplySlot) -> Option<ReplyData> {
+        if let Ok(mut w) = self.0.lock() {
+            w.remove(&unique);
+        }
+        slot.lock().ok().and_then(|mut r| r.take())
+    }
+
+    /// The reply of request `unique`, taken away from its read (`None`:
+    /// not a waiting read, or answered already).
+    fn interrupt(&self, unique: u64) -> Option<ReplyData> {
+        let slot = self.0.lock().ok().and_then(|mut w| w.remove(&unique))?;
+        let taken = slot.lock().ok().and_then(|mut r| r.take());
+        taken
+    }
 }
 
 fn kind_of(k: NodeKind) -> FileType {
@@ -118,6 +157,7 @@ impl LayerFs {
             has_xattrs,
             passthrough: Arc::new(AtomicBool::new(false)),
             opens: Mutex::new(HashMap::new()),
+            waiting: WaitingReads::default(),
         }
     }
 
@@ -277,7 +317,7 @@ impl Filesystem for LayerFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -297,12 +337,42 @@ impl Filesystem for LayerFs {
         if let Some(res) = self.layer.read_if_cached(ino.0, offset, size) {
             return answer_read(&self.layer, ino.0, offset, size, t, res, reply);
         }
+        // Registered until answered: a signal to the reader (INTERRUPT)
+        // answers EINTR at once, without waiting for the network.
+        let unique = req.unique().0;
+        let slot = self.waiting.register(unique, reply);
+        let waiting = self.waiting.clone();
         let layer = Arc::clone(&self.layer);
         let rt = layer.runtime().clone();
         rt.spawn_blocking(move || {
+            // An interrupted read still fetches: the bytes fill the cache
+            // for the reader's next attempt.
             let res = layer.read(ino.0, offset, size);
-            answer_read(&layer, ino.0, offset, size, t, res, reply);
+            match waiting.finish(unique, &slot) {
+                Some(reply) => answer_read(&layer, ino.0, offset, size, t, res, reply),
+                None => {
+                    tracing::debug!(layer = %layer.digest(), ino = ino.0, offset, ok = res.is_ok(),
+                    "read done after its reader was interrupted; answer dropped")
+                }
+            }
         });
+    }
+
+    fn interrupt(&self, _req: &Request, unique: RequestId, reply: ReplyEmpty) {
+        match self.waiting.interrupt(unique.0) {
+            Some(read) => {
+                // First the interrupt (the kernel ignores a 0 answer), then
+                // the read: its reader returns EINTR now.
+                reply.ok();
+                read.error(Errno::EINTR);
+                self.obs().read_interrupted();
+                tracing::debug!(layer = %self.layer.digest(), unique = unique.0, "read waiting on the network interrupted: EINTR");
+            }
+            // Not a read waiting here: it may not have reached us yet (the
+            // kernel sends the interrupt again later) or be answered
+            // already (the kernel drops this answer). fuse.rst: EAGAIN.
+            None => reply.error(Errno::EAGAIN),
+        }
     }
 
     fn flush(
@@ -580,12 +650,10 @@ fn session_config(threads: usize, fsname: String) -> Config {
     cfg.acl = SessionACL::All;
     cfg.n_threads = Some(threads.max(1));
     // One device fd shared by the workers (no clone_fd): the kernel then
-    // finds the request an INTERRUPT refers to whichever worker answers it.
-    // fuser answers every INTERRUPT with ENOSYS, which tells the kernel to
-    // stop sending them; with cloned fds that answer landed on another
-    // worker's fd, failed (ENOENT, logged as an error) and the kernel kept
-    // interrupting. A read a signal would have interrupted is bounded by
-    // `fetch_timeout` instead.
+    // finds the request an INTERRUPT refers to whichever worker answers it
+    // (with cloned fds an answer on another worker's fd failed with
+    // ENOENT). `LayerFs::interrupt` answers a read waiting on the network
+    // with EINTR, anything else with EAGAIN.
     cfg.clone_fd = false;
     cfg
 }

@@ -15,6 +15,9 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
     fn cache_lookup(&self, _hit: bool) {}
     /// A chunk whose bytes did not match its digest.
     fn verify_failure(&self) {}
+    /// A read waiting on the network answered EINTR: its reader got a
+    /// signal (FUSE_INTERRUPT).
+    fn read_interrupted(&self) {}
 }
 
 /// Reports nothing.

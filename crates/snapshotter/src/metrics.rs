@@ -51,6 +51,9 @@ impl Observer for FsMetrics {
     fn verify_failure(&self) {
         self.0.verification_failure();
     }
+    fn read_interrupted(&self) {
+        self.0.read_interrupted();
+    }
 }
 
 /// Refreshes the gauges from the remote layers at every scrape.
@@ -58,6 +61,7 @@ pub fn install_collector(metrics: &Metrics, remote: Arc<RemoteLayers>) {
     metrics.set_collector(Box::new(move |g: &mut GaugeSnapshot| {
         let layers = remote.layers();
         g.mounted_layers = layers.len() as u64;
+        g.restoring_layers = remote.restoring().len() as u64;
         g.cache_bytes = remote.cache().total();
         g.cache_limit_bytes = remote.cache().limit();
         for l in &layers {

@@ -409,6 +409,18 @@ pub fn install_node_collector(
         s.daemon_version = settings.daemon_version.clone();
         let layers = remote.layers();
         s.mounted_layers = layers.len() as u64;
+        s.restoring = remote
+            .restoring()
+            .into_iter()
+            .map(|r| hologram_telemetry::api::RestoringLayerState {
+                digest: r.layer.to_string(),
+                snapshot_id: r.snapshot_id,
+                image: r.image,
+                attempts: r.attempts,
+                last_error: r.last_error,
+                since: r.since,
+            })
+            .collect();
         s.cache.bytes = remote.cache().total();
         s.cache.limit_bytes = remote.cache().limit();
         for l in &layers {

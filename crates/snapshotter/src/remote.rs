@@ -18,7 +18,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hologram_estargz::IndexLimits;
 use hologram_fs::cache::ChunkCache;
@@ -171,8 +173,154 @@ pub struct RemoteLayers {
     served: Mutex<HashMap<u64, (Served, Option<String>)>>,
     /// Prefetch profiles learned on the node.
     profiles: Option<Profiles>,
-    /// Set at shutdown: the profile keeper stops.
-    stopping: std::sync::atomic::AtomicBool,
+    /// Committed snapshots whose layer is being restored in the background
+    /// (no local TOC copy at start: the index must come from the registry).
+    restoring: Mutex<HashMap<u64, Arc<PendingRestore>>>,
+    /// Set by [`RemoteLayers::shutdown`]: background restores stop.
+    stopping: AtomicBool,
+}
+
+/// First and longest wait between two attempts of a background restore.
+const RESTORE_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+
+/// Whether a mount may fetch the layer's TOC from the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TocFrom {
+    /// Only the local TOC copy (restoring at start: no network).
+    LocalCopy,
+    /// The local copy, else the registry (bounded by `fetch_timeout`).
+    AnyWhere,
+}
+
+/// The category of the [`Fallback`] a start-up restore returns when the
+/// layer has no usable local TOC copy.
+const NO_TOC_COPY: &str = "no_toc_copy";
+
+/// A committed remote snapshot restored in the background: what it serves,
+/// how the attempts went, and whether it is still wanted.
+#[derive(Debug)]
+struct PendingRestore {
+    name: String,
+    served: Served,
+    since: SystemTime,
+    state: Mutex<RestoreState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct RestoreState {
+    attempts: u32,
+    last_error: Option<String>,
+    /// The snapshot was removed (or the daemon stops): give up, and never
+    /// put a mount in the table for it.
+    cancelled: bool,
+    /// The restore loop ended (mounted, or cancelled).
+    done: bool,
+}
+
+impl PendingRestore {
+    fn cancel(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.cancelled = true;
+        }
+        self.changed.notify_all();
+    }
+
+    fn cancelled(&self) -> bool {
+        self.state.lock().map(|s| s.cancelled).unwrap_or(true)
+    }
+
+    /// Records a failed attempt; returns whether it failed differently
+    /// from the one before (worth a warning).
+    fn failed(&self, error: String) -> bool {
+        let Ok(mut s) = self.state.lock() else {
+            return false;
+        };
+        s.attempts += 1;
+        let new = s.last_error.as_deref() != Some(error.as_str());
+        s.last_error = Some(error);
+        new
+    }
+
+    fn finish(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.done = true;
+        }
+        self.changed.notify_all();
+    }
+
+    /// Waits `d` unless cancelled meanwhile; returns whether it was.
+    fn sleep_unless_cancelled(&self, d: Duration) -> bool {
+        let Ok(s) = self.state.lock() else {
+            return true;
+        };
+        match self.changed.wait_timeout_while(s, d, |s| !s.cancelled) {
+            Ok((s, _)) => s.cancelled,
+            Err(_) => true,
+        }
+    }
+
+    /// Waits until the restore loop ended or `deadline`; returns whether it
+    /// ended.
+    fn wait_done(&self, deadline: Instant) -> bool {
+        let Ok(mut s) = self.state.lock() else {
+            return false;
+        };
+        while !s.done {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            s = match self.changed.wait_timeout(s, left) {
+                Ok((s, _)) => s,
+                Err(_) => return false,
+            };
+        }
+        true
+    }
+}
+
+/// A layer being restored in the background, as `hologram status`, the
+/// node's page and a refused Prepare name it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoringLayer {
+    pub snapshot_id: u64,
+    pub snapshot: String,
+    pub layer: Digest,
+    pub image: String,
+    /// Attempts that failed so far.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When the daemon started restoring it, Unix seconds.
+    pub since: f64,
+}
+
+impl std::fmt::Display for RestoringLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "layer {} (snapshot {:?}) is not restored yet since the daemon started: its TOC has no local copy and must come from the registry",
+            self.layer, self.snapshot
+        )?;
+        match &self.last_error {
+            Some(e) => write!(
+                f,
+                ", which failed {} time(s), last: {e}; retrying in the background",
+                self.attempts
+            ),
+            None => write!(f, "; first attempt running"),
+        }
+    }
+}
+
+/// How [`RemoteLayers::restore`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restored {
+    /// Mounted now, from the local TOC copy.
+    Mounted,
+    /// No local TOC copy: restoring in the background.
+    InBackground,
 }
 
 /// Most chunks one learned profile records.
@@ -250,7 +398,8 @@ impl RemoteLayers {
             served: Mutex::new(HashMap::new()),
             demand: Arc::new(DemandGate::default()),
             profiles,
-            stopping: std::sync::atomic::AtomicBool::new(false),
+            restoring: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
         })
     }
 
@@ -266,7 +415,7 @@ impl RemoteLayers {
             .spawn(move || loop {
                 std::thread::sleep(std::time::Duration::from_secs(1));
                 let Some(me) = weak.upgrade() else { return };
-                if me.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                if me.stopping.load(Ordering::Relaxed) {
                     return;
                 }
                 for layer in me.layers() {
@@ -321,10 +470,26 @@ impl RemoteLayers {
     /// snapshots are gone): the holder closes them, which ends them, and
     /// their dead mounts are detached.
     pub fn release_unclaimed(&self, snapshots_dir: &Path) {
+        // A layer restored in the background takes its connection over
+        // once its index arrives (the kernel queues its requests meanwhile).
+        let pending: HashSet<u64> = self
+            .restoring
+            .lock()
+            .map(|r| r.keys().copied().collect())
+            .unwrap_or_default();
         let left: Vec<(u64, Inherited)> = self
             .inherited
             .lock()
-            .map(|mut i| i.drain().collect())
+            .map(|mut i| {
+                let gone: Vec<u64> = i
+                    .keys()
+                    .filter(|id| !pending.contains(id))
+                    .copied()
+                    .collect();
+                gone.into_iter()
+                    .filter_map(|id| i.remove(&id).map(|inh| (id, inh)))
+                    .collect()
+            })
             .unwrap_or_default();
         let Some(h) = self.handover() else { return };
         for (id, inh) in left {
@@ -423,7 +588,7 @@ impl RemoteLayers {
             image: plan.image.reference.clone(),
             state: CheckState::Pending,
         };
-        self.mount_served(id, name, &served, mountpoint, true)?;
+        self.mount_served(id, name, &served, mountpoint, TocFrom::AnyWhere, None)?;
         self.remember_served(id, &served, Some(plan.image.manifest_digest.to_string()));
         let mut l = BTreeMap::new();
         l.insert(labels::REMOTE.to_owned(), labels::REMOTE_VALUE.to_owned());
@@ -453,15 +618,17 @@ impl RemoteLayers {
         Ok(l)
     }
 
-    /// Mounts what `served` describes (a new layer, `fresh`, or one
-    /// restored).
+    /// Mounts what `served` describes (a new layer, or one restored; a
+    /// background restore passes its `pending` state: a mount for a
+    /// snapshot removed meanwhile is dropped, never put in the table).
     fn mount_served(
         &self,
         id: u64,
         name: &str,
         served: &Served,
         mountpoint: &Path,
-        fresh: bool,
+        toc_from: TocFrom,
+        pending: Option<&PendingRestore>,
     ) -> Result<(), Fallback> {
         if !self.cfg.enabled {
             return Err(Fallback::new(
@@ -475,7 +642,7 @@ impl RemoteLayers {
             served.layer,
             served.size,
         ));
-        let (index, region) = self.index_for(&*source, &served.toc)?;
+        let (index, region) = self.index_for(&*source, &served.toc, toc_from)?;
         self.check_budget(&index, served)?;
         let mut layer = Layer::new(
             index,
@@ -486,6 +653,8 @@ impl RemoteLayers {
             Arc::clone(&self.observer),
         )
         .with_demand_gate(Arc::clone(&self.demand));
+        // A new layer (not a restore) learns when it has no profile.
+        let fresh = pending.is_none() && toc_from == TocFrom::AnyWhere;
         layer = self.with_profile(layer, fresh);
         if served.state == CheckState::Verified {
             // Checked before a restart: nothing to compare again.
@@ -531,6 +700,20 @@ impl RemoteLayers {
         };
         self.hand_over(id, served, mountpoint, &mounted);
         match self.mounts.lock() {
+            // Checked under the table's lock: `unmount` cancels before it
+            // takes the lock, so either it sees this mount or this sees
+            // the cancellation.
+            Ok(m) if pending.is_some_and(PendingRestore::cancelled) => {
+                drop(m);
+                if let Some(h) = self.handover() {
+                    h.remove(Key::Fuse(id));
+                }
+                drop(mounted); // unmounts
+                Err(Fallback::new(
+                    "removed",
+                    "the snapshot was removed while its layer was being restored",
+                ))
+            }
             Ok(mut m) => {
                 m.insert(id, mounted);
                 Ok(())
@@ -711,6 +894,7 @@ impl RemoteLayers {
         &self,
         source: &dyn BlobSource,
         toc: &Digest,
+        toc_from: TocFrom,
     ) -> Result<(hologram_estargz::Index, Vec<u8>), Fallback> {
         // The file name is the digest's 64 hex digits: nothing else can be.
         let path = self.toc_dir.join(toc.hex());
@@ -728,6 +912,12 @@ impl RemoteLayers {
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "local TOC copy unreadable; fetching again")
             }
+        }
+        if toc_from == TocFrom::LocalCopy {
+            return Err(Fallback::new(
+                NO_TOC_COPY,
+                format!("no usable local copy of TOC {toc}"),
+            ));
         }
         let (index, region) = self
             .rt
@@ -808,6 +998,29 @@ impl RemoteLayers {
 
     /// Unmounts the layer of snapshot `id`, if it is one of ours.
     pub fn unmount(&self, id: u64) {
+        // A background restore of it stops, and never mounts it after this.
+        let pending = self.restoring.lock().ok().and_then(|mut r| r.remove(&id));
+        if let Some(p) = pending {
+            p.cancel();
+            // An attempt in flight ends within `fetch_timeout`, and drops
+            // the mount it made: wait for it, so the caller never deletes
+            // the directory while a mount appears on it.
+            if !p.wait_done(Instant::now() + self.fetch_timeout() + Duration::from_secs(5)) {
+                tracing::warn!(
+                    snapshot_id = id,
+                    "the background restore of a removed snapshot did not stop in time"
+                );
+            }
+            // The connection an earlier daemon left for it, if it waited
+            // for the index: released (the caller detaches the mount).
+            let inh = self.inherited.lock().ok().and_then(|mut i| i.remove(&id));
+            if let Some(inh) = inh {
+                if let Some(h) = self.handover() {
+                    h.remove(Key::Fuse(id));
+                }
+                drop(inh.fd);
+            }
+        }
         if let Ok(mut s) = self.served.lock() {
             s.remove(&id);
         }
@@ -827,29 +1040,193 @@ impl RemoteLayers {
     }
 
     /// Re-mounts a committed remote snapshot after a restart, from its labels
-    /// and the local TOC copy.
+    /// and the local TOC copy (no network). A layer without a usable copy
+    /// is restored in the background instead ([`Restored::InBackground`]):
+    /// start-up never waits on a registry.
     pub fn restore(
-        &self,
+        self: &Arc<Self>,
         id: u64,
         name: &str,
         labels: &BTreeMap<String, String>,
         mountpoint: &Path,
-    ) -> Result<(), Fallback> {
+    ) -> Result<Restored, Fallback> {
         let served = Served::from_labels(labels).map_err(|e| Fallback::new("no_labels", e))?;
         if served.state == CheckState::Bad {
             self.mark_bad(id);
         }
-        self.mount_served(id, name, &served, mountpoint, false)?;
-        self.remember_served(id, &served, labels.get(labels::HOLOGRAM_MANIFEST).cloned());
-        Ok(())
+        let manifest = labels.get(labels::HOLOGRAM_MANIFEST).cloned();
+        match self.mount_served(id, name, &served, mountpoint, TocFrom::LocalCopy, None) {
+            Ok(()) => {
+                self.remember_served(id, &served, manifest);
+                Ok(Restored::Mounted)
+            }
+            Err(f) if f.category == NO_TOC_COPY => {
+                self.restore_in_background(id, name, served, manifest, mountpoint)
+                    .map_err(|e| {
+                        Fallback::new("other", format!("cannot start a restore thread: {e}"))
+                    })?;
+                Ok(Restored::InBackground)
+            }
+            Err(f) => Err(f),
+        }
+    }
+
+    /// Restores snapshot `id` on a thread of its own: attempts with a
+    /// growing pause (1 s doubling to 30 s) until mounted, the snapshot is
+    /// removed, or the daemon stops.
+    fn restore_in_background(
+        self: &Arc<Self>,
+        id: u64,
+        name: &str,
+        served: Served,
+        manifest: Option<String>,
+        mountpoint: &Path,
+    ) -> std::io::Result<()> {
+        let pending = Arc::new(PendingRestore {
+            name: name.to_owned(),
+            served,
+            since: SystemTime::now(),
+            state: Mutex::new(RestoreState::default()),
+            changed: Condvar::new(),
+        });
+        if let Ok(mut r) = self.restoring.lock() {
+            r.insert(id, Arc::clone(&pending));
+        }
+        let me = Arc::clone(self);
+        let mountpoint = mountpoint.to_path_buf();
+        let p = Arc::clone(&pending);
+        let spawned = std::thread::Builder::new()
+            .name("hologram-restore".into())
+            .spawn(move || me.restore_loop(id, &p, manifest, &mountpoint));
+        if spawned.is_err() {
+            if let Ok(mut r) = self.restoring.lock() {
+                r.remove(&id);
+            }
+        }
+        spawned.map(drop)
+    }
+
+    fn restore_loop(
+        &self,
+        id: u64,
+        p: &Arc<PendingRestore>,
+        manifest: Option<String>,
+        mountpoint: &Path,
+    ) {
+        let mut pause = RESTORE_BACKOFF.0;
+        tracing::info!(snapshot = %p.name, layer = %p.served.layer,
+            "no local TOC copy of this layer: restoring it in the background (its index must come from the registry)");
+        loop {
+            if p.cancelled() || self.stopping.load(Ordering::Relaxed) {
+                break;
+            }
+            match self.mount_served(
+                id,
+                &p.name,
+                &p.served,
+                mountpoint,
+                TocFrom::AnyWhere,
+                Some(p),
+            ) {
+                Ok(()) => {
+                    self.remember_served(id, &p.served, manifest);
+                    tracing::info!(snapshot = %p.name, layer = %p.served.layer, "remote layer mounted again (restored in the background)");
+                    break;
+                }
+                Err(_) if p.cancelled() => break,
+                Err(f) => {
+                    let text = f.to_string();
+                    if p.failed(text.clone()) {
+                        tracing::warn!(snapshot = %p.name, layer = %p.served.layer, error = %text,
+                            retry_in_secs = pause.as_secs(), "cannot restore a remote layer yet; retrying in the background");
+                    } else {
+                        tracing::debug!(snapshot = %p.name, error = %text, "restore attempt failed again");
+                    }
+                    if p.sleep_unless_cancelled(pause) {
+                        break;
+                    }
+                    pause = (pause * 2).min(RESTORE_BACKOFF.1);
+                }
+            }
+        }
+        if let Ok(mut r) = self.restoring.lock() {
+            if r.get(&id).is_some_and(|q| Arc::ptr_eq(q, p)) {
+                r.remove(&id);
+            }
+        }
+        p.finish();
+    }
+
+    /// The layers being restored in the background, by snapshot id.
+    pub fn restoring(&self) -> Vec<RestoringLayer> {
+        let all: Vec<(u64, Arc<PendingRestore>)> = self
+            .restoring
+            .lock()
+            .map(|r| r.iter().map(|(id, p)| (*id, Arc::clone(p))).collect())
+            .unwrap_or_default();
+        let mut out: Vec<RestoringLayer> = all
+            .into_iter()
+            .map(|(id, p)| {
+                let (attempts, last_error) = p
+                    .state
+                    .lock()
+                    .map(|s| (s.attempts, s.last_error.clone()))
+                    .unwrap_or_default();
+                RestoringLayer {
+                    snapshot_id: id,
+                    snapshot: p.name.clone(),
+                    layer: p.served.layer,
+                    image: p.served.image.to_string(),
+                    attempts,
+                    last_error,
+                    since: p
+                        .since
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64()),
+                }
+            })
+            .collect();
+        out.sort_by_key(|r| r.snapshot_id);
+        out
+    }
+
+    /// Waits (until `deadline`) for the background restores of any of
+    /// `ids`; the first one still not restored then, if any.
+    pub fn wait_restored(&self, ids: &[u64], deadline: Instant) -> Option<RestoringLayer> {
+        let waiting: Vec<Arc<PendingRestore>> = match self.restoring.lock() {
+            Ok(r) => ids.iter().filter_map(|id| r.get(id).cloned()).collect(),
+            Err(_) => Vec::new(),
+        };
+        for p in waiting {
+            p.wait_done(deadline);
+        }
+        let now: HashSet<u64> = ids.iter().copied().collect();
+        self.restoring()
+            .into_iter()
+            .find(|r| now.contains(&r.snapshot_id))
+    }
+
+    /// The bound of one fetch (a Prepare waits that long for a layer being
+    /// restored below it).
+    pub fn fetch_timeout(&self) -> Duration {
+        self.cfg.layer.fetch_timeout
     }
 
     /// Stops everything (daemon shutdown). With a live fd holder the mounts
     /// stay, for the next daemon to take over (running containers keep
     /// their files); without one they are unmounted.
     pub fn shutdown(&self) {
-        self.stopping
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stopping.store(true, Ordering::Relaxed);
+        let pending: Vec<Arc<PendingRestore>> = self
+            .restoring
+            .lock()
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default();
+        for p in pending {
+            // Its inherited connection (if any) stays with the holder for
+            // the next daemon.
+            p.cancel();
+        }
         let all: Vec<MountedLayer> = self
             .mounts
             .lock()

@@ -46,6 +46,11 @@ const CHECK_BELOW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// Errors with a gRPC class; see `service.rs` for the mapping.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// The refusal of a snapshot on a layer still being restored.
+fn unrestored(parent: &str, pending: &remote::RestoringLayer) -> StoreError {
+    StoreError::FailedPrecondition(format!("cannot use {parent:?} yet: {pending}"))
+}
+
 fn io_err(what: impl std::fmt::Display, e: io::Error) -> StoreError {
     StoreError::Internal(format!("{what}: {e}"))
 }
@@ -165,8 +170,10 @@ impl Snapshotter {
         Ok(sn)
     }
 
-    /// Re-mounts every committed remote snapshot. Failures are logged, never
-    /// fatal: the daemon must start even when a registry is unreachable.
+    /// Re-mounts every committed remote snapshot from the local TOC copies
+    /// (no network); a layer without one is restored in the background.
+    /// Failures are logged, never fatal: the daemon must start, and start
+    /// at once, even when a registry is unreachable.
     fn restore_remote(&self) {
         let Some(remote) = &self.remote else { return };
         let Ok(filter) =
@@ -183,7 +190,11 @@ impl Snapshotter {
             };
             let fs = self.dir(id).join("fs");
             match remote.restore(id, &info.name, &info.labels, &fs) {
-                Ok(()) => tracing::info!(snapshot = %info.name, "remote layer mounted again"),
+                Ok(remote::Restored::Mounted) => {
+                    tracing::info!(snapshot = %info.name, "remote layer mounted again")
+                }
+                // Logged by the restore thread; shown by `hologram status`.
+                Ok(remote::Restored::InBackground) => {}
                 Err(e) => tracing::error!(snapshot = %info.name, error = %e,
                     "cannot mount remote layer again; containers using it will fail to read"),
             }
@@ -255,6 +266,7 @@ impl Snapshotter {
         parent: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<Vec<Mount>> {
+        self.wait_for_restores(parent)?;
         let snap = self.store.write(|t| {
             let snap = t.create(kind, key, parent, labels)?;
             self.refuse_bad_ancestors(&snap, parent)?;
@@ -264,7 +276,9 @@ impl Snapshotter {
         Ok(self.mounts(&snap))
     }
 
-    /// No snapshot may be built on a layer that failed its check.
+    /// No snapshot may be built on a layer that failed its check, nor on
+    /// one not restored yet after a restart (its mount would be an empty
+    /// directory).
     fn refuse_bad_ancestors(&self, snap: &Snapshot, parent: &str) -> Result<()> {
         let Some(r) = &self.remote else { return Ok(()) };
         if snap.parent_ids.iter().any(|id| r.is_bad(*id)) {
@@ -272,7 +286,38 @@ impl Snapshotter {
                 "a layer below {parent:?} failed its check (its content is not what its image claims) and is no longer served; remove the image that brought it and pull again"
             )));
         }
+        // No wait here (a write transaction is held): `wait_for_restores`
+        // waited before it.
+        if let Some(pending) = r.wait_restored(&snap.parent_ids, std::time::Instant::now()) {
+            return Err(unrestored(parent, &pending));
+        }
         Ok(())
+    }
+
+    /// Waits, at most `fetch_timeout`, for the background restore of any
+    /// layer below `parent` (see [`RemoteLayers::restore`]); refuses the
+    /// snapshot if one is still not restored then. Called before a write
+    /// transaction: the wait holds no lock.
+    fn wait_for_restores(&self, parent: &str) -> Result<()> {
+        let Some(r) = &self.remote else { return Ok(()) };
+        if parent.is_empty() || r.restoring().is_empty() {
+            return Ok(());
+        }
+        let mut ids = Vec::new();
+        let mut name = parent.to_owned();
+        // The chain is short (one entry per layer); bounded anyway.
+        while !name.is_empty() && ids.len() < 4096 {
+            let Ok((id, info, _)) = self.store.info(&name) else {
+                break; // the store's own check reports a missing parent
+            };
+            ids.push(id);
+            name = info.parent;
+        }
+        let deadline = std::time::Instant::now() + r.fetch_timeout();
+        match r.wait_restored(&ids, deadline) {
+            Some(pending) => Err(unrestored(parent, &pending)),
+            None => Ok(()),
+        }
     }
 
     /// Prepare of an image layer during unpack, in order: the plan (labels
@@ -326,6 +371,7 @@ impl Snapshotter {
                 }
             }
         }
+        self.wait_for_restores(parent)?;
         self.check_below(&plan, parent)?;
         let Some(remote) = self.remote.clone() else {
             let f = Fallback::new("disabled", "remote snapshots are disabled");

@@ -43,6 +43,9 @@ pub struct NodeState {
     pub images: Vec<ImageState>,
     /// Remote layers mounted now.
     pub mounted_layers: u64,
+    /// Remote layers not mounted again yet after a restart (no local TOC
+    /// copy), restored in the background.
+    pub restoring: Vec<RestoringLayerState>,
     /// The chunk cache.
     pub cache: CacheState,
     /// Bytes moved since start.
@@ -59,6 +62,26 @@ pub struct NodeState {
     pub warnings: Vec<Warning>,
     /// Snapshotter operations: op → (ok, errors).
     pub operations: BTreeMap<String, OpCount>,
+}
+
+/// A layer the daemon is restoring in the background after a restart: its
+/// TOC has no local copy and must come from the registry. Snapshots on it
+/// are refused until it is mounted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RestoringLayerState {
+    /// The layer's digest.
+    pub digest: String,
+    /// The committed snapshot that serves it.
+    pub snapshot_id: u64,
+    /// The image it was mounted for, as its labels name it.
+    pub image: String,
+    /// Attempts that failed so far.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// Since when, Unix seconds.
+    pub since: f64,
 }
 
 /// One image and its layers, bottom layer first.

@@ -107,9 +107,16 @@ pub struct FuseHandles {
     registry: (Histogram, Counter, Counter, Counter),
     ctp96: (Histogram, Counter, Counter, Counter),
     verification_failures: Counter,
+    read_interrupted: Counter,
 }
 
 impl FuseHandles {
+    /// A read waiting on the network answered EINTR (its reader got a
+    /// signal): `hologram_fuse_operations{op="read",result="interrupted"}`.
+    pub fn read_interrupted(&self) {
+        self.read_interrupted.inc();
+    }
+
     /// One FUSE op; ops not resolved up front are ignored.
     pub fn op(&self, op: &str, ok: bool) {
         if let Some((good, bad)) = self.ops.get(op) {
@@ -284,6 +291,9 @@ where
 pub struct GaugeSnapshot {
     /// Remote layers mounted now (`hologram_mounted_layers`).
     pub mounted_layers: u64,
+    /// Remote layers not mounted yet after a restart, being restored in
+    /// the background (`hologram_restoring_layers`).
+    pub restoring_layers: u64,
     /// Bytes held in the chunk cache (`hologram_cache_bytes`).
     pub cache_bytes: u64,
     /// The chunk cache's limit (`hologram_cache_limit_bytes`).
@@ -367,6 +377,12 @@ impl Collector for StateCollector {
             "hologram_mounted_layers",
             "Remote layers mounted now.",
             s.mounted_layers,
+        )?;
+        encode_gauge(
+            e,
+            "hologram_restoring_layers",
+            "Remote layers not mounted again yet after a restart (no local TOC copy, the registry is needed), restored in the background.",
+            s.restoring_layers,
         )?;
         encode_gauge(
             e,
@@ -832,6 +848,7 @@ impl Metrics {
                 .clone(),
             registry: fetch("registry"),
             ctp96: fetch("ctp96"),
+            read_interrupted: counter("read", "interrupted"),
             verification_failures: self.verification_failures.clone(),
         }
     }

@@ -161,6 +161,7 @@ const SEED: &[(&str, &str)] = &[
     ("hologram_energy_hints", "gauge"),
     ("hologram_lease_duration_seconds", "gauge"),
     ("hologram_mounted_layers", "gauge"),
+    ("hologram_restoring_layers", "gauge"),
     ("hologram_cache_bytes", "gauge"),
     ("hologram_cache_limit_bytes", "gauge"),
     ("hologram_prefetch_bytes", "counter"),

@@ -415,6 +415,19 @@ pub trait Filesystem: Send + Sync + 'static {
         reply.error(Errno::ENOSYS);
     }
 
+    /// Interrupt request `unique` (hologram-snapshotter fork, FORK.md change
+    /// 3): the process waiting for it got a signal. A filesystem that
+    /// honours it answers the original request with [`Errno::EINTR`] and
+    /// this one with `reply.ok()`; when it does not know `unique` (the
+    /// interrupt may overtake its request, or the request was answered
+    /// already) it answers [`Errno::EAGAIN`]: the kernel then sends the
+    /// interrupt again later, or drops it when the original is done. The
+    /// default answers `ENOSYS`, which tells the kernel to send no more
+    /// interrupts on this connection (upstream's behaviour).
+    fn interrupt(&self, _req: &Request, _unique: RequestId, reply: ReplyEmpty) {
+        reply.error(Errno::ENOSYS);
+    }
+
     /// Forget about an inode.
     /// The nlookup parameter indicates the number of lookups previously performed on
     /// this inode. If the filesystem implements inode lifetimes, it is recommended that

@@ -14,6 +14,7 @@ use std::time::Duration;
 #[cfg(target_os = "macos")]
 use std::time::SystemTime;
 
+use log::debug;
 use log::error;
 use log::warn;
 
@@ -133,8 +134,18 @@ impl ReplyRaw {
         assert!(self.sender.is_some());
         let sender = self.sender.take().unwrap();
         let res = response.with_iovec(self.unique, |iov| sender.send(iov));
-        if let Err(err) = res {
-            error!("Failed to send FUSE reply: {err}");
+        match res {
+            // hologram-snapshotter fork: the answer to an INTERRUPT (its id
+            // has FUSE_INT_REQ_BIT, bit 0, set) finds no request when the
+            // original was answered meanwhile: the kernel says ENOENT, an
+            // ordinary race, not an error.
+            Err(err)
+                if self.unique.0 & 1 == 1 && err.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                debug!("FUSE interrupt reply for a request already answered: {err}");
+            }
+            Err(err) => error!("Failed to send FUSE reply: {err}"),
+            Ok(()) => {}
         }
     }
     pub(crate) fn send_ll(mut self, response: &impl Response) {

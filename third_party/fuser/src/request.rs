@@ -114,9 +114,10 @@ impl<'a> RequestWithSender<'a> {
                 return Err(Errno::EIO);
             }
 
-            ll::Operation::Interrupt(_) => {
-                // TODO: handle FUSE_INTERRUPT
-                return Err(Errno::ENOSYS);
+            // hologram-snapshotter fork: the filesystem decides (upstream
+            // answered ENOSYS here).
+            ll::Operation::Interrupt(x) => {
+                filesystem.interrupt(self.request_header(), x.unique(), self.reply());
             }
 
             ll::Operation::Lookup(x) => {
