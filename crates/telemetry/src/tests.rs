@@ -158,6 +158,7 @@ const SEED: &[(&str, &str)] = &[
     ("hologram_chunk_verification_failures", "counter"),
     ("hologram_layer_checks", "counter"),
     ("hologram_remote_fallbacks", "counter"),
+    ("hologram_prefetch_profiles", "counter"),
     ("hologram_energy_hints", "gauge"),
     ("hologram_lease_duration_seconds", "gauge"),
     ("hologram_mounted_layers", "gauge"),
