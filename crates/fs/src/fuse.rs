@@ -343,6 +343,7 @@ impl Filesystem for LayerFs {
         let slot = self.waiting.register(unique, reply);
         let waiting = self.waiting.clone();
         let layer = Arc::clone(&self.layer);
+        layer.fetch_ahead(ino.0, offset, size);
         let rt = layer.runtime().clone();
         rt.spawn_blocking(move || {
             // An interrupted read still fetches: the bytes fill the cache

@@ -76,6 +76,17 @@ pub struct LayerConfig {
     /// Size of one background request: small, so that an on-demand read
     /// arriving meanwhile waits at most one short transfer for the link.
     pub background_window: u64,
+    /// A read that misses in a file larger than the read-around also
+    /// fetches, in the background and in parallel pieces, up to this many
+    /// compressed bytes of the file after it (0: off). A large file read
+    /// from its start (a shared library mapped and faulted in, a big
+    /// module) then costs a few parallel round trips instead of one per
+    /// read-around window.
+    pub file_ahead: u64,
+    /// The first read that misses in a directory also fetches, in the
+    /// background and in parallel pieces, the other small files of that
+    /// directory, up to this many compressed bytes (0: off).
+    pub dir_ahead: u64,
 }
 
 impl Default for LayerConfig {
@@ -93,6 +104,8 @@ impl Default for LayerConfig {
             background_quiet: Duration::from_millis(500),
             yield_max: Duration::from_secs(10),
             background_window: 512 * 1024,
+            file_ahead: 0,
+            dir_ahead: 1024 * 1024,
         }
     }
 }
@@ -283,7 +296,19 @@ pub struct Layer {
     spool: Option<Spool>,
     /// Where the pass is (a copy of `Pass::pos` readable without its lock).
     pass_pos: AtomicU64,
+    /// Pieces of [`Layer::fetch_ahead`] in flight.
+    ahead_in_flight: std::sync::atomic::AtomicUsize,
+    /// Directories whose small files [`Layer::fetch_ahead`] fetched.
+    ahead_dirs: Mutex<std::collections::HashSet<u64>>,
 }
+
+/// Largest file `dir_ahead` fetches.
+const DIR_AHEAD_FILE_MAX: u64 = 256 * 1024;
+
+/// Compressed bytes of one [`Layer::fetch_ahead`] request.
+const AHEAD_PIECE: u64 = 256 * 1024;
+/// Most [`Layer::fetch_ahead`] requests of one layer in flight.
+const AHEAD_IN_FLIGHT: usize = 8;
 
 /// Chunks of a profile fetched by one request batch (before gap filling).
 const PROFILE_BATCH_CHUNKS: usize = 48;
@@ -364,6 +389,8 @@ impl Layer {
             profile: Vec::new(),
             spool: None,
             pass_pos: AtomicU64::new(0),
+            ahead_in_flight: std::sync::atomic::AtomicUsize::new(0),
+            ahead_dirs: Mutex::new(std::collections::HashSet::new()),
             dir_of_pos: Vec::new(),
         }
         .with_dirs()
@@ -456,6 +483,97 @@ impl Layer {
             }
         }
         self
+    }
+
+    /// After a read of `ino` at `offset..offset+size` that had to fetch:
+    /// fetches up to `file_ahead` compressed bytes of the file after the
+    /// read-around window, in pieces of [`AHEAD_PIECE`] bytes, from the
+    /// runtime's blocking threads (at most [`AHEAD_IN_FLIGHT`] pieces per
+    /// layer). Chunks cached or in flight are skipped; a reader that needs
+    /// a chunk a piece has in flight waits for that piece only.
+    pub fn fetch_ahead(self: &Arc<Self>, ino: u64, offset: u64, size: u32) {
+        if (self.cfg.file_ahead == 0 && self.cfg.dir_ahead == 0)
+            || self.closed.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        let Some(node) = self.index.node(ino) else {
+            return;
+        };
+        if node.kind != NodeKind::Reg {
+            return;
+        }
+        let from = offset
+            .saturating_add(u64::from(size))
+            .saturating_add(self.cfg.readaround);
+        let chunks = self.index.chunks(node);
+        let first = chunks.partition_point(|c| c.file_offset < from);
+        let mut wanted: Vec<usize> = Vec::new();
+        let mut total = 0u64;
+        for c in &chunks[first..] {
+            if total >= self.cfg.file_ahead {
+                break;
+            }
+            if self.have(&c.digest) {
+                continue;
+            }
+            let Some(p) = self.pos_of(c) else { continue };
+            wanted.push(p);
+            total += c.blob_len;
+        }
+        // The directory's other small files, the first time it misses.
+        let parent = node.parent;
+        let first_in_dir =
+            self.cfg.dir_ahead > 0 && self.ahead_dirs.lock().is_ok_and(|mut d| d.insert(parent));
+        if first_in_dir {
+            let mut dir_total = 0u64;
+            for (_, child) in self.index.children(parent) {
+                if child == ino {
+                    continue;
+                }
+                let Some(n) = self.index.node(child) else {
+                    continue;
+                };
+                if n.kind != NodeKind::Reg || n.size > DIR_AHEAD_FILE_MAX {
+                    continue;
+                }
+                for c in self.index.chunks(n) {
+                    if dir_total >= self.cfg.dir_ahead || self.have(&c.digest) {
+                        continue;
+                    }
+                    if let Some(p) = self.pos_of(c) {
+                        wanted.push(p);
+                        dir_total += c.blob_len;
+                    }
+                }
+            }
+        }
+        let wanted = self.fill_gaps(wanted);
+        let mut pieces: Vec<Vec<usize>> = Vec::new();
+        let (mut cur, mut cur_bytes) = (Vec::new(), 0u64);
+        for p in wanted {
+            let Some(c) = self.chunk_at(p) else { continue };
+            cur.push(p);
+            cur_bytes += c.blob_len;
+            if cur_bytes >= AHEAD_PIECE {
+                pieces.push(std::mem::take(&mut cur));
+                cur_bytes = 0;
+            }
+        }
+        if !cur.is_empty() {
+            pieces.push(cur);
+        }
+        for piece in pieces {
+            if self.ahead_in_flight.fetch_add(1, Ordering::Relaxed) >= AHEAD_IN_FLIGHT {
+                self.ahead_in_flight.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+            let me = Arc::clone(self);
+            drop(self.rt.spawn_blocking(move || {
+                let _ = me.fetch_positions(&piece, Purpose::Prefetch);
+                me.ahead_in_flight.fetch_sub(1, Ordering::Relaxed);
+            }));
+        }
     }
 
     /// Gives the spool the blob's TOC region (the bytes from the TOC member

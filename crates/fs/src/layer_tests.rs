@@ -624,3 +624,32 @@ fn a_corrupt_answer_to_a_read_is_not_what_the_check_hashes() {
     assert_eq!(*heard.lock().unwrap(), [Verdict::Verified]);
     assert_eq!(l.read(a, 0, 3).unwrap().len(), 3);
 }
+
+#[test]
+fn a_miss_fetches_the_small_files_of_its_directory_in_the_background() {
+    let cfg = LayerConfig {
+        dir_ahead: 1 << 20,
+        ..quiet()
+    };
+    let (_d, src, l, _a, _rt) = layer(cfg);
+    let l = Arc::new(l);
+    let b = ino(&l, "b");
+    l.fetch_ahead(b, 0, 5);
+    assert_eq!(l.read(b, 0, 5).unwrap(), b"hello");
+    // c (20 KiB) comes without being read; a (300 KiB) is not small.
+    let c = l.index().chunks(l.index().node(ino(&l, "c")).unwrap())[0].digest;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !l.cache().contains(&c) {
+        assert!(Instant::now() < deadline, "c was not fetched ahead");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let before = src.requests.load(Ordering::SeqCst);
+    assert_eq!(l.read(ino(&l, "c"), 0, 3).unwrap(), vec![7u8; 3]);
+    assert_eq!(src.requests.load(Ordering::SeqCst), before);
+    let a = l.index().chunks(l.index().node(ino(&l, "a")).unwrap())[0].digest;
+    assert!(!l.cache().contains(&a), "a is over the small-file size");
+    // Once per directory.
+    l.fetch_ahead(ino(&l, "c"), 0, 3);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(src.requests.load(Ordering::SeqCst), before);
+}

@@ -242,6 +242,14 @@ pub struct RemoteSection {
     /// directory lying next to it in the blob, up to this many KiB, in the
     /// same request (0: off).
     pub dir_readaround_kib: u64,
+    /// A read that fetches in a file larger than the read-around also
+    /// fetches up to this many KiB of the file after it, in the
+    /// background, in parallel pieces (0: off).
+    pub file_ahead_kib: u64,
+    /// The first read that fetches in a directory also fetches that
+    /// directory's other small files, up to this many KiB, in the
+    /// background, in parallel pieces (0: off).
+    pub dir_ahead_kib: u64,
     /// Fetch files before the eStargz prefetch landmark at mount
     /// (`HOLOGRAM_PREFETCH=0` turns it off).
     pub prefetch: bool,
@@ -281,6 +289,8 @@ impl Default for RemoteSection {
             failure_memory_ms: 2000,
             readaround_kib: 64,
             dir_readaround_kib: 0,
+            file_ahead_kib: 0,
+            dir_ahead_kib: 1024,
             prefetch: true,
             background_fetch: true,
             background_fetch_mib_per_sec: 32,

@@ -391,6 +391,8 @@ fn remote_config(r: &RemoteSection) -> RemoteConfig {
             background_rate: r.background_fetch_mib_per_sec.saturating_mul(mib),
             failure_memory: Duration::from_millis(r.failure_memory_ms),
             readaround: r.readaround_kib.saturating_mul(1024),
+            file_ahead: r.file_ahead_kib.saturating_mul(1024),
+            dir_ahead: r.dir_ahead_kib.saturating_mul(1024),
             dir_readaround: r.dir_readaround_kib.saturating_mul(1024),
             background_quiet: Duration::from_millis(r.background_quiet_ms),
             ..LayerConfig::default()
