@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use hologram_oci::Digest;
-use hologram_source::{check_range, BlobSource, SourceError, SourceKind};
+use hologram_source::{check_ranges, BlobSource, SourceError, SourceKind};
 use hologram_trust::UorId;
 use rand_core::RngCore as _;
 use reqwest::{StatusCode, Url};
@@ -986,14 +986,7 @@ impl BlobSource for Ctp96Blob {
     }
 
     async fn read_ranges(&self, ranges: &[Range<u64>]) -> Result<Vec<Bytes>, SourceError> {
-        for r in ranges {
-            check_range(
-                &self.digest,
-                self.size,
-                r.start,
-                r.end.saturating_sub(r.start),
-            )?;
-        }
+        check_ranges(&self.digest, self.size, ranges)?;
         let asked: Vec<(Digest, Range<u64>)> =
             ranges.iter().map(|r| (self.digest, r.clone())).collect();
         self.client.read(self.repository.as_deref(), &asked).await

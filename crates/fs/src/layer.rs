@@ -105,7 +105,7 @@ impl Default for LayerConfig {
             yield_max: Duration::from_secs(10),
             background_window: 512 * 1024,
             file_ahead: 0,
-            dir_ahead: 1024 * 1024,
+            dir_ahead: 0,
         }
     }
 }

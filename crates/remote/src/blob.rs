@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use hologram_oci::Digest;
-use hologram_source::{check_range, BlobSource, SourceError, SourceKind};
+use hologram_source::{check_range, check_ranges, BlobSource, SourceError, SourceKind};
 
 use crate::{Error, Reference, RegistryClient};
 
@@ -90,14 +90,7 @@ impl BlobSource for RegistryBlob {
             }
             return Ok(out);
         }
-        for r in ranges {
-            check_range(
-                &self.digest,
-                self.size,
-                r.start,
-                r.end.saturating_sub(r.start),
-            )?;
-        }
+        check_ranges(&self.digest, self.size, ranges)?;
         let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(RANGES_IN_FLIGHT));
         let mut set = tokio::task::JoinSet::new();
         for (i, r) in ranges.iter().enumerate() {

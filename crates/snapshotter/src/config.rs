@@ -290,7 +290,7 @@ impl Default for RemoteSection {
             readaround_kib: 64,
             dir_readaround_kib: 0,
             file_ahead_kib: 0,
-            dir_ahead_kib: 1024,
+            dir_ahead_kib: 0,
             prefetch: true,
             background_fetch: true,
             background_fetch_mib_per_sec: 32,

@@ -101,6 +101,13 @@ pub fn check_range(digest: &Digest, size: u64, offset: u64, len: u64) -> Result<
     }
 }
 
+/// Checks every range of `ranges` as [`check_range`] does.
+pub fn check_ranges(digest: &Digest, size: u64, ranges: &[Range<u64>]) -> Result<(), SourceError> {
+    ranges
+        .iter()
+        .try_for_each(|r| check_range(digest, size, r.start, r.end.saturating_sub(r.start)))
+}
+
 /// A blob in a local file (a layer converted on this machine, a test
 /// fixture): the same interface as a remote source.
 #[derive(Debug)]
