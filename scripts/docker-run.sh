@@ -33,8 +33,13 @@ ETCC="$WORK/etc-containerd"  # its /etc/containerd (hosts.toml)
 mkdir -p "$HROOT" "$SOCKDIR" "$CFGDIR" "$ETCC/certs.d"
 BOUND=0
 
-task_status() { "${CTR[@]}" tasks ls 2>/dev/null | awk -v id="$CID" '$1 == id {print $3}'; }
-task_gone() { [ -z "$(task_status)" ] || [ "$(task_status)" = STOPPED ]; }
+# "?" when ctr itself fails (containerd slow under load): never "gone".
+task_status() {
+  local out
+  out=$("${CTR[@]}" tasks ls 2>/dev/null) || { echo "?"; return; }
+  awk -v id="$CID" '$1 == id {print $3}' <<<"$out"
+}
+task_gone() { local s; s=$(task_status); [ -z "$s" ] || [ "$s" = STOPPED ]; }
 
 cleanup() {
   local rc=$?
@@ -46,8 +51,11 @@ cleanup() {
       if wait_for 30 "the daemon's container to stop" task_gone; then
         echo "   the daemon's container stopped on SIGTERM in $((SECONDS - t0)) s; its log says:"
         # the shim may still be copying the last lines into the log file
-        wait_for 5 "the daemon's shutdown log line" grep -q 'shutting down' "$WORK/daemon.log"
-        grep -m1 'shutting down' "$WORK/daemon.log" | cut -c1-160
+        if wait_for 10 "the daemon's shutdown log line" grep -q 'shutting down' "$WORK/daemon.log"; then
+          grep -m1 'shutting down' "$WORK/daemon.log" | cut -c1-160
+        else
+          echo "   (its last lines:)"; tail -n 8 "$WORK/daemon.log" | cut -c1-200
+        fi
       else
         "${CTR[@]}" tasks kill -s SIGKILL "$CID" >/dev/null 2>&1
         wait_for 10 "the daemon's container to die" task_gone
